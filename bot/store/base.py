@@ -1,0 +1,314 @@
+"""Storage ports: small ABCs whose docstrings are the contract every adapter must honour.
+
+Both adapters (``memory`` and ``mongo``) pass one shared contract suite (``tests/store/contract.py``).
+All times are timezone-aware UTC ``datetime`` values; adapters return aware datetimes, truncated to the
+millisecond (what MongoDB keeps). Every method may raise :class:`bot.errors.StoreUnavailable` when the
+database cannot be reached; no other driver exception escapes an adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from bot.core.consent import ConsentRecord
+from bot.core.conversation import Conversation, Step, Timer, Transition
+from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Inbound, Outbound, StatusUpdate
+
+
+# --- inbox ---------------------------------------------------------------------------------------
+class InboxKind(StrEnum):
+    MESSAGE = "message"  # doc = Inbound.to_doc()
+    STATUS = "status"  # doc = StatusUpdate.to_doc()
+    PREFERENCE = "preference"  # doc = PreferenceUpdate.to_doc()
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One inbound event waiting to be processed. ``id`` is Meta's id (wamid for messages,
+    ``wamid:status`` for statuses, ``PreferenceUpdate.key`` for preferences): the deduplication key."""
+
+    id: str
+    conversation_key: str
+    kind: InboxKind
+    timestamp: int  # Meta's timestamp (unix seconds): the processing order within a conversation
+    received_at: datetime
+    doc: dict[str, Any]
+    attempts: int = 0
+
+
+class Inbox(ABC):
+    """Durable queue of inbound events, deduplicated by id.
+
+    An entry is *pending* until ``mark_done``. Entries are never processed out of order within one
+    conversation: ``pending`` returns them by (timestamp, insertion order).
+    """
+
+    @abstractmethod
+    async def put(self, entries: Sequence[InboxEntry]) -> int:
+        """Store entries whose id is new; absorb duplicates silently. Returns how many were new.
+        When this returns, the new entries are durable (the webhook may answer 200)."""
+
+    @abstractmethod
+    async def pending(self, conversation_key: str, limit: int = 100) -> list[InboxEntry]:
+        """Pending entries of one conversation, oldest first."""
+
+    @abstractmethod
+    async def pending_keys(self, limit: int = 100, not_after: datetime | None = None) -> list[str]:
+        """Distinct conversation keys that have pending entries, the oldest-waiting first. With
+        ``not_after``, only entries received at or before it count (lets a poller skip fresh work
+        another process is already handling)."""
+
+    @abstractmethod
+    async def mark_done(self, ids: Sequence[str], now: datetime) -> None:
+        """Mark entries processed (idempotent). Processed entries are kept until retention removes them."""
+
+    @abstractmethod
+    async def bump_attempts(self, entry_id: str) -> int:
+        """Count a failed processing attempt; returns the new count (poison-message detection)."""
+
+    @abstractmethod
+    async def count_pending(self) -> int:
+        """How many entries are pending (the inbox lag metric)."""
+
+
+# --- conversations and steps ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The result of :meth:`Conversations.acquire`."""
+
+    acquired: bool
+    conversation: Conversation | None  # None: no conversation yet (first contact), or not acquired
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationQuery:
+    """Filters for the console list. Empty fields do not filter. ``text`` matches the subject, wa_id
+    or profile name (prefix, case-insensitive for names). Results are ordered by ``updated_at`` desc."""
+
+    text: str = ""
+    phone_number_id: str = ""
+    state: str = ""
+    flow_id: str = ""
+    purpose: str = ""
+    purpose_state: str = ""
+    needs_person: bool | None = None
+    paused: bool | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+
+class Conversations(ABC):
+    """Conversation heads, with a per-conversation lease (the lock) and optimistic versions."""
+
+    @abstractmethod
+    async def acquire(self, key: str, owner: str, now: datetime, lease_seconds: float) -> Lease:
+        """Take the conversation's lease if it is free or expired, and load the head *after* taking it.
+        A conversation that does not exist yet is leased too (``conversation`` is ``None``) so first
+        contacts are serialised as well. Re-acquiring a lease one already holds extends it."""
+
+    @abstractmethod
+    async def release(self, key: str, owner: str) -> None:
+        """Give the lease back (no-op when ``owner`` does not hold it)."""
+
+    @abstractmethod
+    async def get(self, key: str) -> Conversation | None: ...
+
+    @abstractmethod
+    async def find(self, query: ConversationQuery, skip: int = 0, limit: int = 50) -> list[Conversation]:
+        """Console search; every filter combination is served by an index in the MongoDB adapter."""
+
+    @abstractmethod
+    async def count(self, query: ConversationQuery) -> int: ...
+
+    @abstractmethod
+    async def by_subject(self, subject: str) -> list[Conversation]:
+        """All conversations of one customer (matches ``subject`` or ``wa_id``)."""
+
+    @abstractmethod
+    async def count_by_state(self, flow_id: str) -> dict[tuple[str, str], int]:
+        """{(flow_version, state): count} for one flow."""
+
+    @abstractmethod
+    async def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, Timer]]:
+        """(conversation key, timer) pairs with ``timer.due <= now``, earliest first."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Erase a conversation head (erasure)."""
+
+
+class StepLog(ABC):
+    """The atomic commit of one conversation step and the append-only history it leaves."""
+
+    @abstractmethod
+    async def commit(self, step: Step, owner: str) -> list[str]:
+        """Commit ``step`` as one unit, or nothing of it:
+
+        - the head moves from version ``step.seq - 1`` (``0`` = did not exist) to ``step.conversation``
+          (whose ``version == step.seq``); if the stored head is at another version, or ``owner`` no
+          longer holds the lease, raise :class:`bot.errors.StaleVersion` and change nothing;
+        - one history record (seq, at, cause, cause_id, transitions, notes) is appended;
+        - transcript entries: one per ``step.inbound`` message (direction ``in``) and one per
+          ``step.outbox`` message (direction ``out``, state ``pending``: the outbox);
+        - consent events are chained per subject (``bot.core.consent.chain``) and appended;
+        - ``step.inbox_ids`` are marked done.
+
+        The lease is kept (the caller releases it). Returns the transcript ids of the outbound entries,
+        in order, so the caller can send them at once."""
+
+    @abstractmethod
+    async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
+        """The conversation's steps in order (seq > ``after_seq``)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> int:
+        """Erase a conversation's history (erasure). Returns how many records were removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    key: str
+    seq: int
+    at: datetime
+    cause: str
+    cause_id: str
+    transitions: tuple[Transition, ...]
+    state: str
+    notes: tuple[str, ...] = ()
+
+
+# --- transcript and outbox -----------------------------------------------------------------------
+class OutState(StrEnum):
+    """Life of an outbound transcript entry. Pending entries are the outbox."""
+
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a worker (leased)
+    ACCEPTED = "accepted"  # Graph API answered with a wamid; delivery states follow from webhooks
+    BLOCKED = "blocked"  # the send gate refused it (``reason``)
+    FAILED = "failed"  # permanent failure (``error``)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One message in or out. Outbound entries carry the outbox state and delivery status."""
+
+    id: str
+    key: str  # conversation key
+    subject: str
+    direction: str  # "in" | "out"
+    seq: int  # the step that wrote it
+    at: datetime
+    inbound: Inbound | None = None
+    outbound: Outbound | None = None
+    out_state: OutState | None = None
+    wamid: str = ""
+    delivery: DeliveryStatus | None = None
+    delivery_at: datetime | None = None
+    reason: str = ""  # gate block reason or failure text
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    sent_by: str = ""  # "flow", "agent:<name>", "broadcast:<id>"
+    statuses: tuple[tuple[str, datetime], ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What happened to one outbox entry, for :meth:`Transcript.settle`."""
+
+    state: OutState
+    wamid: str = ""
+    reason: str = ""
+    error: ErrorInfo | None = None
+    retry_at: datetime | None = None  # with state PENDING: try again at this time
+
+
+class Transcript(ABC):
+    """Messages in and out, the outbox (pending outbound entries) and delivery statuses."""
+
+    @abstractmethod
+    async def add_outbound(
+        self, key: str, subject: str, message: Outbound, at: datetime, sent_by: str, entry_id: str
+    ) -> bool:
+        """Queue an outbound message outside a conversation step (agent reply, campaign). ``entry_id``
+        is the caller's idempotency key: a second call with the same id adds nothing and returns False."""
+
+    @abstractmethod
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, limit: int = 50, entry_ids: Sequence[str] = ()
+    ) -> list[TranscriptEntry]:
+        """Claim pending outbound entries (``next_attempt_at`` unset or due) and those whose SENDING
+        lease has expired; mark them SENDING for ``lease_seconds``. With ``entry_ids`` only those are
+        considered. Two owners never hold the same entry at once. Oldest first."""
+
+    @abstractmethod
+    async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
+        """Record the outcome of a send attempt. Only the current lease holder may settle; returns
+        False (and changes nothing) otherwise. ``outcome.state == PENDING`` re-queues with
+        ``retry_at`` and counts an attempt."""
+
+    @abstractmethod
+    async def apply_status(self, update: StatusUpdate, at: datetime) -> TranscriptEntry | None:
+        """Apply a delivery status to the entry with that wamid. Monotonic: never downgrades
+        (sent < delivered < read < played); FAILED is terminal. Every status is appended to
+        ``statuses`` in arrival order. Returns the updated entry, or None for an unknown wamid."""
+
+    @abstractmethod
+    async def by_wamid(self, wamid: str) -> TranscriptEntry | None: ...
+
+    @abstractmethod
+    async def for_conversation(
+        self, key: str, after: datetime | None = None, limit: int = 500
+    ) -> list[TranscriptEntry]:
+        """A conversation's transcript in time order."""
+
+    @abstractmethod
+    async def count_sent_since(self, subject: str, category: Category, since: datetime) -> int:
+        """How many messages of ``category`` were accepted for ``subject`` since ``since`` (frequency cap)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> int:
+        """Erase a conversation's transcript (erasure)."""
+
+
+# --- consent ledger ------------------------------------------------------------------------------
+class ConsentLedger(ABC):
+    """Append-only, per-subject hash-chained consent events (see ``bot.core.consent``)."""
+
+    @abstractmethod
+    async def append(self, events: Sequence[Any]) -> list[ConsentRecord]:
+        """Chain and append ``ConsentEventDraft`` values outside a step (Meta signals, agents)."""
+
+    @abstractmethod
+    async def history(self, subject: str) -> list[ConsentRecord]:
+        """A subject's chain in seq order."""
+
+    @abstractmethod
+    async def subjects(self) -> list[str]: ...
+
+
+# --- the bundle ----------------------------------------------------------------------------------
+class Store(ABC):
+    """All ports of one database, plus its lifecycle."""
+
+    inbox: Inbox
+    conversations: Conversations
+    steps: StepLog
+    transcript: Transcript
+    ledger: ConsentLedger
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create every index (idempotent)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers (readiness)."""
