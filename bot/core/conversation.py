@@ -69,6 +69,7 @@ class Conversation:
     paused: bool = False  # an agent has taken over: the flow does not answer
     needs_person: bool = False
     restricted: bool = False  # GDPR 18: no sends, no agent viewing except the privacy role
+    consumed: tuple[str, ...] = ()  # ids of the last inbox entries this conversation processed (<= 64)
     version: int = 0
 
     @classmethod
@@ -118,6 +119,7 @@ class Conversation:
             for p, s in self.consent.items()
         }
         doc["timers"] = [{"name": t.name, "due": t.due} for t in self.timers]
+        doc["consumed"] = list(self.consumed)
         return doc
 
     @classmethod
@@ -128,6 +130,7 @@ class Conversation:
             for p, s in d.get("consent", {}).items()
         }
         d["timers"] = tuple(Timer(t["name"], t["due"]) for t in d.get("timers", ()))
+        d["consumed"] = tuple(d.get("consumed", ()))
         return cls(**d)
 
 

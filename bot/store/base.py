@@ -146,7 +146,9 @@ class StepLog(ABC):
     """The atomic commit of one conversation step and the append-only history it leaves."""
 
     @abstractmethod
-    async def commit(self, step: Step, owner: str) -> list[str]:
+    async def commit(
+        self, step: Step, owner: str, lease_seconds: float = 30.0, release: bool = True
+    ) -> list[str]:
         """Commit ``step`` as one unit, or nothing of it:
 
         - the head moves from version ``step.seq - 1`` (``0`` = did not exist) to ``step.conversation``
@@ -154,12 +156,15 @@ class StepLog(ABC):
           longer holds the lease, raise :class:`bot.errors.StaleVersion` and change nothing;
         - one history record (seq, at, cause, cause_id, transitions, notes) is appended;
         - transcript entries: one per ``step.inbound`` message (direction ``in``) and one per
-          ``step.outbox`` message (direction ``out``, state ``pending``: the outbox);
+          ``step.outbox`` message (direction ``out``), created already claimed: state SENDING, leased
+          to ``owner`` for ``lease_seconds`` from ``step.at`` (so the committer sends them at once with
+          no claim round trip, and a recovery worker takes them over only if the committer dies);
         - consent events are chained per subject (``bot.core.consent.chain``) and appended;
-        - ``step.inbox_ids`` are marked done.
+        - ``step.inbox_ids`` are marked done. This part may lag (be batched) because the head's
+          ``consumed`` list already records them; ``Inbox.pending`` may briefly still return them.
 
-        The lease is kept (the caller releases it). Returns the transcript ids of the outbound entries,
-        in order, so the caller can send them at once."""
+        With ``release`` the conversation lease is given back in the same write as the head. Returns
+        the transcript ids of the outbound entries, in order."""
 
     @abstractmethod
     async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
