@@ -1,0 +1,322 @@
+"""One turn, durably: lease -> load -> decide -> commit -> hand to the outbox.
+
+A fixed pool of workers takes conversation keys from a bounded queue (the webhook only ever enqueues
+keys; the events themselves are already durable in the inbox). For one key a worker takes the
+conversation's lease, loads the head *after* taking it, drains that conversation's pending inbox
+entries in Meta's timestamp order, and commits one step per event. A version conflict (another
+process committed first) reloads and decides again. Outbound messages are sent right after their
+step commits, in order. Work that cannot run now (lease held elsewhere, queue full, database away)
+stays in the inbox and the poller (``bot.runtime.scheduler``) brings it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot import logs
+from bot.core.conversation import Cause, Conversation, Step, Timer
+from bot.core.messages import DeliveryStatus, Inbound, PreferenceUpdate, StatusUpdate
+from bot.errors import StaleVersion, StoreError
+from bot.runtime.inbox import STATUS_KEY_PREFIX
+from bot.runtime.metrics import Metrics
+from bot.runtime.outbox import Sender
+from bot.runtime.turn import Decider, Event, Signal, Turn
+from bot.store.base import InboxEntry, InboxKind, Store
+
+log = logging.getLogger("consentbot.dispatcher")
+
+CONSENT_ERROR = 131050
+ERROR_SIGNAL = "error_131050:"
+MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
+
+RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerWork:
+    key: str
+    name: str
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        decide: Decider,
+        sender: Sender,
+        metrics: Metrics,
+        owner: str,
+        *,
+        workers: int = 16,
+        queue_size: int = 10_000,
+        lease_seconds: float = 60.0,
+        on_request: RequestHandler | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.decide = decide
+        self.sender = sender
+        self.metrics = metrics
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.on_request = on_request
+        self.clock = clock
+        self._queue: asyncio.Queue[str | TimerWork] = asyncio.Queue(queue_size)
+        self._queued: set[str | TimerWork] = set()
+        self._busy: set[str] = set()
+        self._workers_n = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.processed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"dispatcher-{i}") for i in range(self._workers_n)]
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work, let in-flight turns finish (bounded), then cancel the workers."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain(), timeout)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _drain(self) -> None:
+        while self._busy:
+            await asyncio.sleep(0.01)
+
+    async def idle(self) -> None:
+        """Wait until the queue is empty and no turn is running (tests, benchmarks)."""
+        while self._queued or self._busy or not self._queue.empty():
+            await asyncio.sleep(0.005)
+
+    # --- enqueueing ------------------------------------------------------------------------------
+    def notify(self, keys: Iterable[str]) -> None:
+        """Ask for these conversations to be processed. Never blocks; a full queue drops the hint
+        (the entries are durable and the poller picks them up)."""
+        for key in keys:
+            self._enqueue(key)
+
+    def notify_timer(self, key: str, name: str) -> None:
+        self._enqueue(TimerWork(key, name))
+
+    def _enqueue(self, item: str | TimerWork) -> None:
+        if self._closing or item in self._queued:
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return
+        self._queued.add(item)
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            self._queued.discard(item)
+            key = item.key if isinstance(item, TimerWork) else item
+            if key in self._busy:
+                # another worker of this process runs this conversation: retry after it
+                await asyncio.sleep(0.005)
+                self._enqueue(item)
+                continue
+            self._busy.add(key)
+            token = logs.conversation.set(key)
+            try:
+                if isinstance(item, TimerWork):
+                    await self._run_timer(item)
+                elif key.startswith(STATUS_KEY_PREFIX):
+                    await self._run_statuses(key)
+                else:
+                    await self._run_conversation(key)
+            except StoreError as exc:
+                log.warning("database unavailable; work stays in the inbox", extra={"error": str(exc)})
+            except Exception:
+                log.exception("turn failed; work stays in the inbox")
+            finally:
+                logs.conversation.reset(token)
+                self._busy.discard(key)
+
+    # --- conversations ---------------------------------------------------------------------------
+    async def _run_conversation(self, key: str) -> None:
+        lease = await self.store.conversations.acquire(key, self.owner, self.clock(), self.lease_seconds)
+        if not lease.acquired:
+            return  # another process holds it; it drains the inbox itself, the poller re-checks
+        conversation = lease.conversation
+        released = False
+        try:
+            entries = await self.store.inbox.pending(key)
+            seen = set(conversation.consumed) if conversation else set()
+            stale = [e.id for e in entries if e.id in seen]
+            entries = [e for e in entries if e.id not in seen]
+            if stale:
+                await self.store.inbox.mark_done(stale, self.clock())
+            for i, entry in enumerate(entries):
+                last = i == len(entries) - 1
+                try:
+                    conversation, released = await self._apply(key, conversation, entry, release=last)
+                except StaleVersion:
+                    self.metrics.step_conflicts.inc()
+                    lease = await self.store.conversations.acquire(key, self.owner, self.clock(), self.lease_seconds)
+                    if not lease.acquired:
+                        return
+                    conversation = lease.conversation
+                    if conversation is not None and entry.id in conversation.consumed:
+                        continue
+                    conversation, released = await self._apply(key, conversation, entry, release=last)
+        finally:
+            if not released:
+                await self.store.conversations.release(key, self.owner)
+
+    async def _apply(
+        self, key: str, conversation: Conversation | None, entry: InboxEntry, release: bool
+    ) -> tuple[Conversation | None, bool]:
+        """Decide and commit one inbox entry. Returns the new head and whether the lease was released."""
+        event: Event
+        cause = Cause.INBOUND
+        inbound: tuple[Inbound, ...] = ()
+        if entry.kind is InboxKind.MESSAGE:
+            msg = Inbound.from_doc(entry.doc)
+            event, inbound = msg, (msg,)
+            pnid, subject = msg.phone_number_id, msg.subject
+        elif entry.kind is InboxKind.PREFERENCE:
+            pref = PreferenceUpdate.from_doc(entry.doc)
+            if pref.detail.startswith(ERROR_SIGNAL):
+                kind = "error_131050"
+                evidence = {"message_id": pref.detail.removeprefix(ERROR_SIGNAL)}
+            else:
+                kind = "marketing_stop" if pref.value == "stop" else "marketing_resume"
+                evidence = {"webhook": entry.id, "category": pref.category, "detail": pref.detail}
+            event = Signal(kind, self.clock(), evidence)
+            cause, pnid, subject = Cause.META, pref.phone_number_id, pref.subject
+        else:
+            await self.store.inbox.mark_done([entry.id], self.clock())
+            return conversation, False
+        started = time.perf_counter()
+        turn = self.decide(conversation, event, pnid, subject, self.clock())
+        if turn is None:
+            await self.store.inbox.mark_done([entry.id], self.clock())
+            return conversation, False
+        head = await self._commit(conversation, turn, cause, entry.id, inbound, (entry.id,), release)
+        self.metrics.step_latency.observe(time.perf_counter() - started)
+        return head, release
+
+    async def _commit(
+        self,
+        conversation: Conversation | None,
+        turn: Turn,
+        cause: Cause,
+        cause_id: str,
+        inbound: tuple[Inbound, ...],
+        inbox_ids: tuple[str, ...],
+        release: bool,
+    ) -> Conversation:
+        now = self.clock()
+        seq = (conversation.version if conversation is not None else 0) + 1
+        consumed = turn.conversation.consumed
+        if inbox_ids:
+            consumed = (*tuple(i for i in consumed if i not in inbox_ids), *inbox_ids)[-64:]
+        head = turn.conversation.evolve(version=seq, updated_at=now, consumed=consumed)
+        step = Step(
+            conversation=head,
+            seq=seq,
+            at=now,
+            cause=cause,
+            cause_id=cause_id,
+            transitions=turn.transitions,
+            inbound=inbound,
+            outbox=turn.outbox,
+            consent=turn.consent,
+            inbox_ids=inbox_ids,
+        )
+        ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
+        self.metrics.steps.inc(cause=str(cause))
+        self.processed += 1
+        for entry_id, message in zip(ids, turn.outbox, strict=True):
+            await self.sender.send(entry_id, message, head)
+        if self.on_request is not None:
+            for request in turn.requests:
+                await self.on_request(request, head, now)
+        return head
+
+    # --- timers ----------------------------------------------------------------------------------
+    async def _run_timer(self, work: TimerWork) -> None:
+        now = self.clock()
+        lease = await self.store.conversations.acquire(work.key, self.owner, now, self.lease_seconds)
+        if not lease.acquired:
+            return
+        conversation = lease.conversation
+        released = False
+        try:
+            timer = next((t for t in conversation.timers if t.name == work.name), None) if conversation else None
+            if conversation is None or timer is None or timer.due > now:
+                return  # already fired, cancelled or moved
+            rest = tuple(t for t in conversation.timers if t is not timer)
+            base = conversation.evolve(timers=rest)
+            turn = self.decide(base, timer, conversation.phone_number_id, conversation.subject, now)
+            if turn is None:
+                turn = Turn(conversation=base)
+            await self._commit(conversation, turn, Cause.TIMER, timer.name, (), (), release=True)
+            released = True
+        finally:
+            if not released:
+                await self.store.conversations.release(work.key, self.owner)
+
+    # --- statuses --------------------------------------------------------------------------------
+    async def _run_statuses(self, key: str) -> None:
+        entries = await self.store.inbox.pending(key, limit=500)
+        done: list[str] = []
+        for entry in entries:
+            if entry.kind is InboxKind.STATUS:
+                update = StatusUpdate.from_doc(entry.doc)
+                await self._apply_status(update)
+            done.append(entry.id)
+        if done:
+            await self.store.inbox.mark_done(done, self.clock())
+
+    async def _apply_status(self, update: StatusUpdate) -> None:
+        now = self.clock()
+        entry = await self.store.transcript.apply_status(update, now)
+        if entry is None or update.status is not DeliveryStatus.FAILED:
+            return
+        for err in update.errors:
+            self.metrics.graph_errors.inc(code=str(err.code))
+        codes = {e.code for e in update.errors}
+        if CONSENT_ERROR in codes:
+            # Durable and ordered: the withdrawal runs as its own step on the conversation's inbox.
+            subject = entry.subject
+            pnid = entry.key.split(":", 1)[0]
+            signal = PreferenceUpdate(
+                phone_number_id=pnid,
+                subject=subject,
+                category="marketing_messages",
+                value="stop",
+                timestamp=update.timestamp,
+                detail=f"{ERROR_SIGNAL}{update.message_id}",
+            )
+            await self.store.inbox.put(
+                [
+                    InboxEntry(
+                        id=f"131050:{update.message_id}",
+                        conversation_key=entry.key,
+                        kind=InboxKind.PREFERENCE,
+                        timestamp=update.timestamp,
+                        received_at=now,
+                        doc=signal.to_doc(),
+                    )
+                ]
+            )
+            self.notify([entry.key])
+        elif self.sender.window_codes & codes and entry.outbound is not None:
+            await self.sender.fall_back(entry, now)
+
+    def timers_due(self, items: Iterable[tuple[str, Timer]]) -> None:
+        for key, timer in items:
+            self.notify_timer(key, timer.name)

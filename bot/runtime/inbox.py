@@ -1,0 +1,103 @@
+"""The webhook's sink: parsed notifications become durable inbox entries, then the dispatcher is told.
+
+The webhook answers 200 only after :meth:`InboxWriter.accept` returns, i.e. after every event is in the
+inbox. Nothing here waits for flow logic or the Graph API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Protocol
+
+from bot.core.conversation import conversation_key
+from bot.core.messages import Inbound, PreferenceUpdate, StatusUpdate
+from bot.runtime.metrics import Metrics
+from bot.store.base import Inbox, InboxEntry, InboxKind
+
+log = logging.getLogger("consentbot.inbox")
+
+STATUS_KEY_PREFIX = "status:"
+
+
+class NotificationLike(Protocol):
+    """The parsed webhook (``bot.whatsapp.payloads.Notification``)."""
+
+    @property
+    def messages(self) -> tuple[Inbound, ...]: ...
+    @property
+    def statuses(self) -> tuple[StatusUpdate, ...]: ...
+    @property
+    def preferences(self) -> tuple[PreferenceUpdate, ...]: ...
+
+
+def status_key(phone_number_id: str) -> str:
+    """Statuses are not ordered per conversation (they are monotonic by wamid): one queue per number."""
+    return f"{STATUS_KEY_PREFIX}{phone_number_id}"
+
+
+def entries_for(notification: NotificationLike, now: datetime) -> list[InboxEntry]:
+    """Turn a parsed notification into inbox entries keyed by Meta's ids (the deduplication keys)."""
+    out: list[InboxEntry] = []
+    for m in notification.messages:
+        out.append(
+            InboxEntry(
+                id=m.id,
+                conversation_key=conversation_key(m.phone_number_id, m.subject),
+                kind=InboxKind.MESSAGE,
+                timestamp=m.timestamp,
+                received_at=now,
+                doc=m.to_doc(),
+            )
+        )
+    for s in notification.statuses:
+        out.append(
+            InboxEntry(
+                id=s.key,
+                conversation_key=status_key(s.phone_number_id),
+                kind=InboxKind.STATUS,
+                timestamp=s.timestamp,
+                received_at=now,
+                doc=s.to_doc(),
+            )
+        )
+    for p in notification.preferences:
+        out.append(
+            InboxEntry(
+                id=p.key,
+                conversation_key=conversation_key(p.phone_number_id, p.subject),
+                kind=InboxKind.PREFERENCE,
+                timestamp=p.timestamp,
+                received_at=now,
+                doc=p.to_doc(),
+            )
+        )
+    return out
+
+
+class InboxWriter:
+    """Implements the webhook sink: store, then notify (non-blocking) whoever processes the keys."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        metrics: Metrics,
+        notify: Callable[[Iterable[str]], None],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.inbox = inbox
+        self.metrics = metrics
+        self.notify = notify
+        self.clock = clock
+
+    async def accept(self, notification: NotificationLike) -> None:
+        entries = entries_for(notification, self.clock())
+        if not entries:
+            return
+        new = await self.inbox.put(entries)
+        for e in entries:
+            self.metrics.inbound.inc(kind=str(e.kind))
+        if new < len(entries):
+            log.info("duplicate deliveries absorbed", extra={"duplicates": len(entries) - new})
+        self.notify(dict.fromkeys(e.conversation_key for e in entries))

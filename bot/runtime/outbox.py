@@ -1,0 +1,163 @@
+"""The outbox: every outbound message goes through the send gate, then the Graph client.
+
+:class:`Sender` is the only path from the framework to the Graph API (flows, agents and campaigns all
+call it). Each attempt is recorded on the transcript entry: accepted (with its wamid), blocked (with
+the gate's reason), failed (permanent Graph error), or re-queued with backoff (transient errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from bot.core.conversation import Conversation
+from bot.core.messages import Category, ErrorInfo, Outbound, OutboundKind
+from bot.core.policy import GateInput, Verdict, cap_period_start, decide_send
+from bot.core.project import Project
+from bot.errors import ChannelError
+from bot.runtime.metrics import Metrics
+from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
+
+log = logging.getLogger("consentbot.outbox")
+
+WINDOW_ERROR = 131047
+MAX_SEND_ATTEMPTS = 8
+
+
+class SendsMessages(Protocol):
+    """What the sender needs of the Graph client (``bot.whatsapp.client.GraphClient``)."""
+
+    async def send(self, phone_number_id: str, message: Outbound) -> str:
+        """Send and return the wamid; raise a ``ChannelError`` subclass on failure."""
+
+
+SuppressionCheck = Callable[[str], Awaitable[bool]]
+
+
+def age_fact(conversation: Conversation | None) -> bool | None:
+    """The age-gate result the flow recorded (``slots['age_ok']``): True = minor, None = unknown."""
+    if conversation is None:
+        return None
+    ok = conversation.slots.get("age_ok")
+    return None if ok is None else not bool(ok)
+
+
+class Sender:
+    def __init__(
+        self,
+        store: Store,
+        client: SendsMessages,
+        project: Project,
+        metrics: Metrics,
+        owner: str,
+        *,
+        is_suppressed: SuppressionCheck,
+        lease_seconds: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.project = project
+        self.metrics = metrics
+        self.owner = owner
+        self.is_suppressed = is_suppressed
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.window_codes = frozenset({WINDOW_ERROR})
+
+    async def verdict(self, message: Outbound, conversation: Conversation | None) -> Verdict:
+        """Ask the gate, with the facts it needs. Suppression is consulted for every message that is
+        marketing or business-initiated; a customer's own open window lets us answer them."""
+        now = self.clock()
+        in_window = conversation is not None and conversation.in_window(now)
+        marketing = message.category is Category.MARKETING
+        suppressed = await self.is_suppressed(message.to) if (marketing or not in_window) else False
+        count: int | None = 0
+        if marketing:
+            count = await self.store.transcript.count_sent_since(message.to, Category.MARKETING, cap_period_start(now))
+        return decide_send(
+            GateInput.for_conversation(
+                message,
+                conversation,
+                self.project,
+                now,
+                suppressed=suppressed,
+                minor=age_fact(conversation) if marketing else False,
+                marketing_sent_in_period=count,
+            )
+        )
+
+    async def send(self, entry_id: str, message: Outbound, conversation: Conversation | None) -> OutState:
+        """Gate and send one outbox entry this process holds the lease on; record the outcome."""
+        verdict = await self.verdict(message, conversation)
+        if not verdict.allowed:
+            self.metrics.gate_blocks.inc(reason=str(verdict.reason))
+            self.metrics.sends.inc(result="blocked")
+            await self._settle(entry_id, SendOutcome(OutState.BLOCKED, reason=str(verdict.reason)))
+            log.info("send blocked", extra={"reason": str(verdict.reason), "detail": verdict.detail})
+            return OutState.BLOCKED
+        pnid = conversation.phone_number_id if conversation is not None else ""
+        return await self._deliver(entry_id, verdict.message, pnid, attempts=0)
+
+    async def _deliver(self, entry_id: str, message: Outbound, phone_number_id: str, attempts: int) -> OutState:
+        started = time.perf_counter()
+        try:
+            wamid = await self.client.send(phone_number_id, message)
+        except ChannelError as exc:
+            self.metrics.send_latency.observe(time.perf_counter() - started)
+            return await self._failed(entry_id, exc, attempts)
+        self.metrics.send_latency.observe(time.perf_counter() - started)
+        self.metrics.sends.inc(result="accepted")
+        await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=wamid))
+        return OutState.ACCEPTED
+
+    async def _failed(self, entry_id: str, exc: ChannelError, attempts: int) -> OutState:
+        code = getattr(exc, "code", 0) or 0
+        retry = str(getattr(exc, "retry", "permanent"))
+        self.metrics.graph_errors.inc(code=str(code))
+        info = ErrorInfo(code=int(code), title=type(exc).__name__, message=str(exc)[:500])
+        if retry in {"transient", "rate_limited"} and attempts + 1 < MAX_SEND_ATTEMPTS:
+            delay = min(300.0, 2.0 ** (attempts + 1)) * (0.5 + random.random() / 2)
+            self.metrics.sends.inc(result="retry")
+            await self._settle(
+                entry_id,
+                SendOutcome(OutState.PENDING, error=info, retry_at=self.clock() + timedelta(seconds=delay)),
+            )
+            return OutState.PENDING
+        self.metrics.sends.inc(result="failed")
+        await self._settle(entry_id, SendOutcome(OutState.FAILED, error=info, reason=retry))
+        log.warning("send failed", extra={"code": code, "retry_class": retry})
+        return OutState.FAILED
+
+    async def _settle(self, entry_id: str, outcome: SendOutcome) -> None:
+        if not await self.store.transcript.settle(entry_id, self.owner, outcome, self.clock()):
+            log.warning("lost the lease on an outbox entry before settling it", extra={"entry": entry_id})
+
+    async def resume(self, entry: TranscriptEntry) -> OutState:
+        """Send an entry claimed by the recovery loop (a previous holder died or a retry is due)."""
+        if entry.outbound is None:
+            return OutState.FAILED
+        conversation = await self.store.conversations.get(entry.key)
+        return await self.send(entry.id, entry.outbound, conversation)
+
+    async def fall_back(self, entry: TranscriptEntry, now: datetime) -> None:
+        """Meta refused a free-form message because the 24-hour window had closed (131047): queue its
+        approved fallback template, or leave it failed (the transcript shows why)."""
+        message = entry.outbound
+        if message is None or message.fallback is None:
+            return
+        retry = Outbound(
+            to=message.to,
+            kind=OutboundKind.TEMPLATE,
+            template=message.fallback,
+            category=message.category,
+            purpose=message.purpose,
+            template_id=message.template_id,
+        )
+        await self.store.transcript.add_outbound(
+            entry.key, entry.subject, retry, now, sent_by=entry.sent_by or "flow", entry_id=f"{entry.id}:fallback"
+        )

@@ -1,0 +1,1 @@
+"""The aiohttp shell: webhook, health, metrics, sandbox mount and the agent console."""
