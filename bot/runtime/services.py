@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.runtime.metrics import Metrics
 from bot.settings import Settings
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 
+class Background(Protocol):
+    """A long-running part of the process (dispatcher, poller, sandbox...)."""
+
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -25,6 +32,17 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     web_extensions: list[Callable[[web.Application], None]] = field(default_factory=list)
     components: dict[str, Any] = field(default_factory=dict)
+    background: list[Background] = field(default_factory=list)
+    store_label: str = ""
+
+    def start(self) -> None:
+        for part in self.background:
+            part.start()
+
+    async def stop(self) -> None:
+        """Stop in reverse order of start; each part drains its in-flight work first."""
+        for part in reversed(self.background):
+            await part.stop()
 
     async def refresh_gauges(self) -> None:
         """Read gauges that need the database (inbox lag) just before ``/metrics`` renders."""
