@@ -15,6 +15,7 @@ Everything here takes ``now`` and plain values; nothing reads a clock or a datab
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import hmac
 import uuid
@@ -611,3 +612,13 @@ def suppression_key(secret: bytes, number_or_subject: str) -> str:
     if not digits:
         raise CoreError("suppression_key: the number has no digits")
     return hmac.new(secret, digits.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+# --- data-subject request deadlines --------------------------------------------------------------
+def request_due(received_at: datetime, months: int = 1) -> datetime:
+    """The answer deadline of a data-subject request: ``months`` calendar months after ``received_at``
+    (GDPR 12(3)), the day clamped to the end of a shorter month (31 Jan -> 28/29 Feb)."""
+    month_index = received_at.month - 1 + months
+    year, month = received_at.year + month_index // 12, month_index % 12 + 1
+    day = min(received_at.day, calendar.monthrange(year, month)[1])
+    return received_at.replace(year=year, month=month, day=day)

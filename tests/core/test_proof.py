@@ -22,6 +22,7 @@ from bot.core.proof import (
     build_export,
     build_receipt,
     receipt_id,
+    request_due,
     summarise,
     suppression_key,
     verify_chain,
@@ -260,3 +261,16 @@ def test_suppression_key_is_hmac_of_the_digits() -> None:
 def test_suppression_key_refuses_bad_input(secret: bytes, number: str) -> None:
     with pytest.raises(CoreError):
         suppression_key(secret, number)
+
+
+@pytest.mark.parametrize(
+    ("received", "due"),
+    [
+        (datetime(2025, 1, 31, 9, tzinfo=UTC), datetime(2025, 2, 28, 9, tzinfo=UTC)),
+        (datetime(2024, 1, 31, 9, tzinfo=UTC), datetime(2024, 2, 29, 9, tzinfo=UTC)),
+        (datetime(2025, 12, 15, 9, tzinfo=UTC), datetime(2026, 1, 15, 9, tzinfo=UTC)),
+        (datetime(2025, 6, 3, 10, 15, tzinfo=UTC), datetime(2025, 7, 3, 10, 15, tzinfo=UTC)),
+    ],
+)
+def test_request_due_is_one_calendar_month(received: datetime, due: datetime) -> None:
+    assert request_due(received) == due
