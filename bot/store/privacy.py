@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -78,6 +78,21 @@ class Notices(ABC):
 class SuppressionScope(StrEnum):
     ALL = "all"  # erasure: nothing is sent any more
     MARKETING = "marketing"  # objection to direct marketing
+
+
+_SCOPE_RANK = {"marketing": 1, "all": 2}
+
+
+def wider_scope(old: str, new: str) -> bool:
+    """True when scope ``new`` covers more than ``old`` (``all`` over ``marketing``; unknown ranks lowest)."""
+    return _SCOPE_RANK.get(str(new), 0) > _SCOPE_RANK.get(str(old), 0)
+
+
+def ms(value: datetime) -> datetime:
+    """``value`` as aware UTC truncated to the millisecond (what MongoDB keeps; naive = UTC)."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    aware = aware.astimezone(UTC)
+    return aware.replace(microsecond=aware.microsecond - aware.microsecond % 1000)
 
 
 @dataclass(frozen=True, slots=True)
