@@ -23,7 +23,7 @@ from bot import logs
 from bot.core.conversation import Cause, Conversation, Step, Timer
 from bot.core.messages import DeliveryStatus, Inbound, PreferenceUpdate, StatusUpdate
 from bot.errors import StaleVersion, StoreError
-from bot.runtime.inbox import STATUS_KEY_PREFIX
+from bot.runtime.inbox import ERROR_SIGNAL, STATUS_KEY_PREFIX, consent_error_entry
 from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Sender
 from bot.runtime.turn import Decider, Event, Signal, Turn
@@ -32,7 +32,6 @@ from bot.store.base import InboxEntry, InboxKind, Store
 log = logging.getLogger("consentbot.dispatcher")
 
 CONSENT_ERROR = 131050
-ERROR_SIGNAL = "error_131050:"
 MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
@@ -291,27 +290,8 @@ class Dispatcher:
         codes = {e.code for e in update.errors}
         if CONSENT_ERROR in codes:
             # Durable and ordered: the withdrawal runs as its own step on the conversation's inbox.
-            subject = entry.subject
-            pnid = entry.key.split(":", 1)[0]
-            signal = PreferenceUpdate(
-                phone_number_id=pnid,
-                subject=subject,
-                category="marketing_messages",
-                value="stop",
-                timestamp=update.timestamp,
-                detail=f"{ERROR_SIGNAL}{update.message_id}",
-            )
             await self.store.inbox.put(
-                [
-                    InboxEntry(
-                        id=f"131050:{update.message_id}",
-                        conversation_key=entry.key,
-                        kind=InboxKind.PREFERENCE,
-                        timestamp=update.timestamp,
-                        received_at=now,
-                        doc=signal.to_doc(),
-                    )
-                ]
+                [consent_error_entry(entry.key, entry.subject, update.message_id, update.timestamp, now)]
             )
             self.notify([entry.key])
         elif self.sender.window_codes & codes and entry.outbound is not None:

@@ -19,6 +19,7 @@ from bot.store.base import Inbox, InboxEntry, InboxKind
 log = logging.getLogger("consentbot.inbox")
 
 STATUS_KEY_PREFIX = "status:"
+ERROR_SIGNAL = "error_131050:"  # PreferenceUpdate.detail prefix of a withdrawal Meta signalled by error 131050
 
 
 class NotificationLike(Protocol):
@@ -74,6 +75,28 @@ def entries_for(notification: NotificationLike, now: datetime) -> list[InboxEntr
             )
         )
     return out
+
+
+def consent_error_entry(key: str, subject: str, message_ref: str, timestamp: int, now: datetime) -> InboxEntry:
+    """Meta refused a marketing message with 131050 (the customer stopped marketing in WhatsApp):
+    queue the withdrawal as its own step on the conversation, durably and in order."""
+    phone_number_id = key.split(":", 1)[0]
+    signal = PreferenceUpdate(
+        phone_number_id=phone_number_id,
+        subject=subject,
+        category="marketing_messages",
+        value="stop",
+        timestamp=timestamp,
+        detail=f"{ERROR_SIGNAL}{message_ref}",
+    )
+    return InboxEntry(
+        id=f"131050:{message_ref}",
+        conversation_key=key,
+        kind=InboxKind.PREFERENCE,
+        timestamp=timestamp,
+        received_at=now,
+        doc=signal.to_doc(),
+    )
 
 
 class InboxWriter:

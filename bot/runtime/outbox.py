@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from bot.core.messages import Category, ErrorInfo, Outbound, OutboundKind
 from bot.core.policy import GateInput, Verdict, cap_period_start, decide_send
 from bot.core.project import Project
 from bot.errors import ChannelError
+from bot.runtime.inbox import consent_error_entry
 from bot.runtime.metrics import Metrics
 from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
 
@@ -28,11 +29,18 @@ WINDOW_ERROR = 131047
 MAX_SEND_ATTEMPTS = 8
 
 
+class Accepted(Protocol):
+    @property
+    def wamid(self) -> str: ...
+
+
 class SendsMessages(Protocol):
     """What the sender needs of the Graph client (``bot.whatsapp.client.GraphClient``)."""
 
-    async def send(self, phone_number_id: str, message: Outbound) -> str:
-        """Send and return the wamid; raise a ``ChannelError`` subclass on failure."""
+    async def send(self, phone_number_id: str, message: Outbound, *, callback_data: str | None = None) -> Accepted:
+        """Send; the result's ``wamid`` is what status webhooks reference. Raises a ``ChannelError``
+        with ``retry`` (transient, rate_limited, permanent, consent, window) and ``code``, or an
+        outcome-unknown error (the request may have been accepted: never resent blindly)."""
 
 
 SuppressionCheck = Callable[[str], Awaitable[bool]]
@@ -56,7 +64,9 @@ class Sender:
         owner: str,
         *,
         is_suppressed: SuppressionCheck,
+        notify: Callable[[Iterable[str]], None] = lambda keys: None,
         lease_seconds: float = 60.0,
+        unknown_outcome_wait: float = 120.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -65,6 +75,8 @@ class Sender:
         self.metrics = metrics
         self.owner = owner
         self.is_suppressed = is_suppressed
+        self.notify = notify
+        self.unknown_outcome_wait = unknown_outcome_wait
         self.lease_seconds = lease_seconds
         self.clock = clock
         self.window_codes = frozenset({WINDOW_ERROR})
@@ -91,8 +103,11 @@ class Sender:
             )
         )
 
-    async def send(self, entry_id: str, message: Outbound, conversation: Conversation | None) -> OutState:
-        """Gate and send one outbox entry this process holds the lease on; record the outcome."""
+    async def send(
+        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int = 0
+    ) -> OutState:
+        """Gate and send one outbox entry this process holds the lease on; record the outcome.
+        ``attempts`` is how many earlier attempts failed transiently (from the entry)."""
         verdict = await self.verdict(message, conversation)
         if not verdict.allowed:
             self.metrics.gate_blocks.inc(reason=str(verdict.reason))
@@ -100,37 +115,55 @@ class Sender:
             await self._settle(entry_id, SendOutcome(OutState.BLOCKED, reason=str(verdict.reason)))
             log.info("send blocked", extra={"reason": str(verdict.reason), "detail": verdict.detail})
             return OutState.BLOCKED
-        pnid = conversation.phone_number_id if conversation is not None else ""
-        return await self._deliver(entry_id, verdict.message, pnid, attempts=0)
+        return await self._deliver(entry_id, verdict.message, conversation, attempts)
 
-    async def _deliver(self, entry_id: str, message: Outbound, phone_number_id: str, attempts: int) -> OutState:
+    async def _deliver(
+        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int
+    ) -> OutState:
+        pnid = conversation.phone_number_id if conversation is not None else ""
         started = time.perf_counter()
         try:
-            wamid = await self.client.send(phone_number_id, message)
+            result = await self.client.send(pnid, message, callback_data=entry_id)
         except ChannelError as exc:
             self.metrics.send_latency.observe(time.perf_counter() - started)
-            return await self._failed(entry_id, exc, attempts)
+            return await self._failed(entry_id, message, conversation, exc, attempts)
         self.metrics.send_latency.observe(time.perf_counter() - started)
         self.metrics.sends.inc(result="accepted")
-        await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=wamid))
+        await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=result.wamid))
         return OutState.ACCEPTED
 
-    async def _failed(self, entry_id: str, exc: ChannelError, attempts: int) -> OutState:
-        code = getattr(exc, "code", 0) or 0
-        retry = str(getattr(exc, "retry", "permanent"))
-        self.metrics.graph_errors.inc(code=str(code))
-        info = ErrorInfo(code=int(code), title=type(exc).__name__, message=str(exc)[:500])
+    async def _failed(
+        self, entry_id: str, message: Outbound, conversation: Conversation | None, exc: ChannelError, attempts: int
+    ) -> OutState:
+        code = int(getattr(exc, "code", 0) or 0)
+        retry = str(getattr(exc, "retry", "unknown"))
+        now = self.clock()
+        info = ErrorInfo(code=code, title=type(exc).__name__, message=str(exc)[:500])
+        if code:
+            self.metrics.graph_errors.inc(code=str(code))
+        if retry == "unknown":
+            # The request may have reached Meta: do not resend blindly. Wait for a status webhook
+            # carrying this entry's callback data; if none comes, the retry re-sends it.
+            self.metrics.sends.inc(result="outcome_unknown")
+            retry_at = now + timedelta(seconds=self.unknown_outcome_wait)
+            await self._settle(entry_id, SendOutcome(OutState.PENDING, error=info, retry_at=retry_at))
+            return OutState.PENDING
         if retry in {"transient", "rate_limited"} and attempts + 1 < MAX_SEND_ATTEMPTS:
-            delay = min(300.0, 2.0 ** (attempts + 1)) * (0.5 + random.random() / 2)
+            wait = float(getattr(exc, "retry_after", None) or min(300.0, 2.0 ** (attempts + 1)))
+            delay = wait * (0.5 + random.random() / 2)
             self.metrics.sends.inc(result="retry")
-            await self._settle(
-                entry_id,
-                SendOutcome(OutState.PENDING, error=info, retry_at=self.clock() + timedelta(seconds=delay)),
-            )
+            retry_at = now + timedelta(seconds=delay)
+            await self._settle(entry_id, SendOutcome(OutState.PENDING, error=info, retry_at=retry_at))
             return OutState.PENDING
         self.metrics.sends.inc(result="failed")
         await self._settle(entry_id, SendOutcome(OutState.FAILED, error=info, reason=retry))
         log.warning("send failed", extra={"code": code, "retry_class": retry})
+        if conversation is not None and retry == "consent":
+            entry = consent_error_entry(conversation.key, conversation.subject, entry_id, int(now.timestamp()), now)
+            await self.store.inbox.put([entry])
+            self.notify([conversation.key])
+        if conversation is not None and retry == "window" and message.fallback is not None:
+            await self._queue_fallback(conversation.key, conversation.subject, entry_id, message, "flow", now)
         return OutState.FAILED
 
     async def _settle(self, entry_id: str, outcome: SendOutcome) -> None:
@@ -142,14 +175,19 @@ class Sender:
         if entry.outbound is None:
             return OutState.FAILED
         conversation = await self.store.conversations.get(entry.key)
-        return await self.send(entry.id, entry.outbound, conversation)
+        return await self.send(entry.id, entry.outbound, conversation, entry.attempts)
 
     async def fall_back(self, entry: TranscriptEntry, now: datetime) -> None:
-        """Meta refused a free-form message because the 24-hour window had closed (131047): queue its
-        approved fallback template, or leave it failed (the transcript shows why)."""
-        message = entry.outbound
-        if message is None or message.fallback is None:
+        """Meta refused a free-form message because the 24-hour window had closed (131047, reported in
+        a status webhook): queue its approved fallback template, or leave it failed (the transcript
+        shows why)."""
+        if entry.outbound is None or entry.outbound.fallback is None:
             return
+        await self._queue_fallback(entry.key, entry.subject, entry.id, entry.outbound, entry.sent_by or "flow", now)
+
+    async def _queue_fallback(
+        self, key: str, subject: str, entry_id: str, message: Outbound, sent_by: str, now: datetime
+    ) -> None:
         retry = Outbound(
             to=message.to,
             kind=OutboundKind.TEMPLATE,
@@ -158,6 +196,5 @@ class Sender:
             purpose=message.purpose,
             template_id=message.template_id,
         )
-        await self.store.transcript.add_outbound(
-            entry.key, entry.subject, retry, now, sent_by=entry.sent_by or "flow", entry_id=f"{entry.id}:fallback"
-        )
+        fallback_id = f"{entry_id}:fallback"
+        await self.store.transcript.add_outbound(key, subject, retry, now, sent_by=sent_by, entry_id=fallback_id)
