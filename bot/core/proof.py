@@ -28,6 +28,7 @@ from typing import Any
 from bot.core.consent import GENESIS, ConsentAction, ConsentRecord, event_hash
 from bot.core.conversation import Conversation
 from bot.core.project import Controller, Project
+from bot.core.rendering import NoticeText
 from bot.errors import CoreError
 
 RECEIPT_VERSION = "KI-CR-v1.1.0"
@@ -36,36 +37,37 @@ EXPORT_SCHEMA_ID = "consentbot-export/1.0"
 HASH_ALGORITHM = "sha256(prev_hash || canonical_json(event)); genesis = 64 x '0'"
 
 
-# --- notices -------------------------------------------------------------------------------------
+# --- notices (the value is ``bot.core.rendering.NoticeText``) -------------------------------------
 def text_sha256(text: str) -> str:
     """The hash that identifies a notice text: SHA-256 of its exact UTF-8 bytes, lowercase hex."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class NoticeText:
-    """The exact text of one notice version in one locale, as shown to customers. Immutable once a
-    consent event refers to it (by ``sha256``, :func:`text_sha256` of ``text``)."""
+def notice_intact(notice: NoticeText) -> bool:
+    """True when ``notice.sha256`` is the hash of ``notice.text``."""
+    return hmac.compare_digest(notice.sha256, text_sha256(notice.text))
 
-    version: str
-    locale: str
-    text: str
-    sha256: str
 
-    @classmethod
-    def of(cls, version: str, locale: str, text: str) -> NoticeText:
-        return cls(version=version, locale=locale, text=text, sha256=text_sha256(text))
+def notice_to_doc(notice: NoticeText) -> dict[str, Any]:
+    return {
+        "version": notice.version,
+        "locale": notice.locale,
+        "text": notice.text,
+        "sha256": notice.sha256,
+        "template": notice.template,
+        "kind": notice.kind,
+    }
 
-    def intact(self) -> bool:
-        """True when ``sha256`` is the hash of ``text``."""
-        return hmac.compare_digest(self.sha256, text_sha256(self.text))
 
-    def to_doc(self) -> dict[str, Any]:
-        return {"version": self.version, "locale": self.locale, "text": self.text, "sha256": self.sha256}
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> NoticeText:
-        return cls(version=doc["version"], locale=doc["locale"], text=doc["text"], sha256=doc["sha256"])
+def notice_from_doc(doc: Mapping[str, Any]) -> NoticeText:
+    return NoticeText(
+        version=doc["version"],
+        locale=doc["locale"],
+        text=doc["text"],
+        sha256=doc["sha256"],
+        template=doc.get("template", ""),
+        kind=doc.get("kind", ""),
+    )
 
 
 # --- chain verification --------------------------------------------------------------------------
@@ -351,7 +353,7 @@ def build_receipt(
                 "locale": ev.locale,
                 "sha256": ev.notice_sha256,
                 "textStored": notice is not None,
-                "textIntact": notice is not None and notice.intact(),
+                "textIntact": notice is not None and notice_intact(notice),
             }
             entry["evidence"] = {
                 "messageId": str(evidence.get("message_id", "")),

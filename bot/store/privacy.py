@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.core.consent import ConsentRecord
-from bot.core.proof import NoticeText
+from bot.core.rendering import NoticeText
 from bot.errors import BotError, StoreError
 
 

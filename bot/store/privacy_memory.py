@@ -11,7 +11,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from bot.core.proof import NoticeText
+from bot.core.proof import notice_intact
+from bot.core.rendering import NoticeText
 from bot.errors import NotFound
 from bot.store.privacy import (
     AccessDenied,
@@ -38,7 +39,7 @@ class MemoryNotices(Notices):
         self._by_id: dict[tuple[str, str, str], NoticeText] = {}
 
     async def put(self, notice: NoticeText) -> bool:
-        if not notice.intact():
+        if not notice_intact(notice):
             raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
         key = (notice.version, notice.locale, notice.sha256)
         if key in self._by_id:

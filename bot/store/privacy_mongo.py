@@ -43,7 +43,8 @@ from pymongo.errors import (
 
 from bot.core.consent import ConsentRecord
 from bot.core.project import Retention
-from bot.core.proof import NoticeText
+from bot.core.proof import notice_from_doc, notice_intact, notice_to_doc
+from bot.core.rendering import NoticeText
 from bot.errors import NotFound, StoreError, StoreUnavailable
 from bot.store.privacy import (
     AccessDenied,
@@ -169,9 +170,9 @@ class MongoNotices(Notices):
         self.coll = coll
 
     async def put(self, notice: NoticeText) -> bool:
-        if not notice.intact():
+        if not notice_intact(notice):
             raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
-        doc = {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice.to_doc()}
+        doc = {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice_to_doc(notice)}
         async with translated("notices.put"):
             try:
                 await self.coll.insert_one(doc)
@@ -182,17 +183,17 @@ class MongoNotices(Notices):
     async def get(self, sha256: str) -> NoticeText | None:
         async with translated("notices.get"):
             doc = await self.coll.find_one({"sha256": sha256})
-        return None if doc is None else NoticeText.from_doc(doc)
+        return None if doc is None else notice_from_doc(doc)
 
     async def many(self, hashes: Sequence[str]) -> list[NoticeText]:
         if not hashes:
             return []
         async with translated("notices.many"):
-            return [NoticeText.from_doc(d) async for d in self.coll.find({"sha256": {"$in": list(set(hashes))}})]
+            return [notice_from_doc(d) async for d in self.coll.find({"sha256": {"$in": list(set(hashes))}})]
 
     async def versions(self, version: str, locale: str) -> list[NoticeText]:
         async with translated("notices.versions"):
-            return [NoticeText.from_doc(d) async for d in self.coll.find({"version": version, "locale": locale})]
+            return [notice_from_doc(d) async for d in self.coll.find({"version": version, "locale": locale})]
 
 
 class MongoSuppression(Suppression):

@@ -17,7 +17,6 @@ from bot.core.project import Controller, Project, Purpose
 from bot.core.proof import (
     EXPORT_SCHEMA,
     ChainProblem,
-    NoticeText,
     TranscriptLine,
     build_export,
     build_receipt,
@@ -27,6 +26,7 @@ from bot.core.proof import (
     suppression_key,
     verify_chain,
 )
+from bot.core.rendering import NoticeText
 from bot.errors import CoreError
 
 T0 = datetime(2025, 6, 3, 10, 15, 42, 120000, tzinfo=UTC)

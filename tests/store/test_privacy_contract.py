@@ -14,7 +14,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft, ConsentRecord, chain
 from bot.core.project import Retention
-from bot.core.proof import NoticeText, request_due, suppression_key, verify_chain
+from bot.core.proof import request_due, suppression_key, verify_chain
+from bot.core.rendering import NoticeText
 from bot.errors import NotFound
 from bot.store.privacy import (
     AccessDenied,
