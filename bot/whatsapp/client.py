@@ -92,6 +92,7 @@ class GraphClient:
         api_version: str,
         access_token: str,
         rate_per_second: float = 80,
+        burst: int | None = None,
         pair_interval: float = PAIR_INTERVAL,
         pair_burst: int = PAIR_BURST,
         max_retries: int = 5,
@@ -112,6 +113,7 @@ class GraphClient:
         self._sleep: Sleep = sleep or asyncio.sleep
         self.pacer = Pacer(
             rate_per_second=rate_per_second,
+            burst=burst,
             pair_interval=pair_interval,
             pair_burst=pair_burst,
             clock=self._clock,

@@ -51,7 +51,10 @@ class Gcra:
         return start
 
     def push_back(self, until: float) -> None:
-        """No conforming slot before ``until`` (after a rate-limit error from Meta)."""
+        """No conforming slot before ``until`` (after a rate-limit error from Meta).
+
+        The burst counts as spent: after ``until`` sends conform at one per ``interval`` again.
+        """
         tolerance = self.interval * (self.burst - 1)
         self.tat = max(self.tat, until + tolerance)
 
