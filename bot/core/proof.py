@@ -605,15 +605,20 @@ def normalise_number(number_or_subject: str) -> str:
 
 
 def suppression_key(secret: bytes, number_or_subject: str) -> str:
-    """HMAC-SHA256 (lowercase hex) of the normalised number under the deployment secret. A plain hash
-    of a phone number is enumerable; a keyed one is not without the secret. Raises
-    :class:`bot.errors.CoreError` for an empty secret or an input without digits."""
+    """HMAC-SHA256 (lowercase hex) of the normalised number (its digits) under the deployment secret.
+    A plain hash of a phone number is enumerable; a keyed one is not without the secret. An
+    identifier without digits is keyed as ``"id:" + identifier`` so every subject has a key. Raises
+    :class:`bot.errors.CoreError` for an empty secret or a blank identifier."""
     if not secret:
         raise CoreError("suppression_key: the deployment secret is empty")
     digits = normalise_number(number_or_subject)
-    if not digits:
-        raise CoreError("suppression_key: the number has no digits")
-    return hmac.new(secret, digits.encode("ascii"), hashlib.sha256).hexdigest()
+    if digits:
+        material = digits
+    elif number_or_subject.strip():
+        material = "id:" + number_or_subject.strip()
+    else:
+        raise CoreError("suppression_key: the number or subject is empty")
+    return hmac.new(secret, material.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 # --- data-subject request deadlines --------------------------------------------------------------

@@ -257,7 +257,11 @@ def test_suppression_key_is_hmac_of_the_digits() -> None:
     assert hashlib.sha256(b"34600000001").hexdigest() != expected
 
 
-@pytest.mark.parametrize(("secret", "number"), [(b"", "34600000001"), (b"s", "no digits")])
+def test_suppression_key_of_an_identifier_without_digits() -> None:
+    assert suppression_key(b"s", "abc") == hmac.new(b"s", b"id:abc", hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(("secret", "number"), [(b"", "34600000001"), (b"s", "  ")])
 def test_suppression_key_refuses_bad_input(secret: bytes, number: str) -> None:
     with pytest.raises(CoreError):
         suppression_key(secret, number)
