@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation, Step, Timer, Transition
 from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Inbound, Outbound, StatusUpdate
+
+
+def millis(value: datetime) -> datetime:
+    """``value`` in UTC truncated to the millisecond: what an adapter keeps and returns. A naive
+    datetime is a ``ValueError`` (the store takes timezone-aware times only)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value.isoformat()}: the store takes timezone-aware UTC times")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 # --- inbox ---------------------------------------------------------------------------------------
@@ -65,11 +74,13 @@ class Inbox(ABC):
 
     @abstractmethod
     async def mark_done(self, ids: Sequence[str], now: datetime) -> None:
-        """Mark entries processed (idempotent). Processed entries are kept until retention removes them."""
+        """Mark entries processed (idempotent; unknown ids are ignored). Processed entries are kept until
+        retention removes them."""
 
     @abstractmethod
     async def bump_attempts(self, entry_id: str) -> int:
-        """Count a failed processing attempt; returns the new count (poison-message detection)."""
+        """Count a failed processing attempt; returns the new count (poison-message detection).
+        Raises :class:`bot.errors.NotFound` for an unknown id."""
 
     @abstractmethod
     async def count_pending(self) -> int:
@@ -87,8 +98,14 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class ConversationQuery:
-    """Filters for the console list. Empty fields do not filter. ``text`` matches the subject, wa_id
-    or profile name (prefix, case-insensitive for names). Results are ordered by ``updated_at`` desc."""
+    """Filters for the console list. Empty fields do not filter; set fields combine with AND.
+
+    ``text`` is a case-insensitive prefix of the subject, the wa_id, the profile name or any word of
+    the profile name. ``purpose``/``purpose_state`` look at the consent cached on the conversation:
+    ``purpose`` alone matches conversations that recorded that purpose, ``purpose_state`` alone those
+    with any purpose in that state, both together that purpose in that state (a purpose never recorded
+    matches neither). ``updated_after``/``updated_before`` are exclusive bounds. Results are ordered
+    by ``updated_at`` desc."""
 
     text: str = ""
     phone_number_id: str = ""
@@ -109,14 +126,17 @@ class Conversations(ABC):
     async def acquire(self, key: str, owner: str, now: datetime, lease_seconds: float) -> Lease:
         """Take the conversation's lease if it is free or expired, and load the head *after* taking it.
         A conversation that does not exist yet is leased too (``conversation`` is ``None``) so first
-        contacts are serialised as well. Re-acquiring a lease one already holds extends it."""
+        contacts are serialised as well. Re-acquiring a lease one already holds extends it. A lease is
+        free when nobody holds it or its ``until`` is ``<= now``."""
 
     @abstractmethod
     async def release(self, key: str, owner: str) -> None:
-        """Give the lease back (no-op when ``owner`` does not hold it)."""
+        """Give the lease back (no-op when ``owner`` does not hold it). Releasing the lease of a
+        conversation that was never committed (first contact with no step) leaves no trace of it."""
 
     @abstractmethod
-    async def get(self, key: str) -> Conversation | None: ...
+    async def get(self, key: str) -> Conversation | None:
+        """The committed head, or ``None`` (never committed, or erased)."""
 
     @abstractmethod
     async def find(self, query: ConversationQuery, skip: int = 0, limit: int = 50) -> list[Conversation]:
@@ -127,7 +147,7 @@ class Conversations(ABC):
 
     @abstractmethod
     async def by_subject(self, subject: str) -> list[Conversation]:
-        """All conversations of one customer (matches ``subject`` or ``wa_id``)."""
+        """All conversations of one customer (matches ``subject`` or ``wa_id``), ordered by key."""
 
     @abstractmethod
     async def count_by_state(self, flow_id: str) -> dict[tuple[str, str], int]:
@@ -135,11 +155,11 @@ class Conversations(ABC):
 
     @abstractmethod
     async def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, Timer]]:
-        """(conversation key, timer) pairs with ``timer.due <= now``, earliest first."""
+        """(conversation key, timer) pairs with ``timer.due <= now``, earliest first (ties by key)."""
 
     @abstractmethod
     async def delete(self, key: str) -> None:
-        """Erase a conversation head (erasure)."""
+        """Erase a conversation head (erasure), lease included."""
 
 
 class StepLog(ABC):
@@ -152,8 +172,11 @@ class StepLog(ABC):
         """Commit ``step`` as one unit, or nothing of it:
 
         - the head moves from version ``step.seq - 1`` (``0`` = did not exist) to ``step.conversation``
-          (whose ``version == step.seq``); if the stored head is at another version, or ``owner`` no
-          longer holds the lease, raise :class:`bot.errors.StaleVersion` and change nothing;
+          (whose ``version == step.seq``, else ``ValueError``); if the stored head is at another
+          version, or ``owner`` no longer holds the lease, raise :class:`bot.errors.StaleVersion` and
+          change nothing. ``owner`` holds the lease while it is the lease's recorded owner: an expired
+          lease nobody has taken since still counts (the version check already proves nobody else
+          committed); a lease another owner took, a released lease, or none (no ``acquire``) does not;
         - one history record (seq, at, cause, cause_id, transitions, notes) is appended;
         - transcript entries: one per ``step.inbound`` message (direction ``in``) and one per
           ``step.outbox`` message (direction ``out``), created already claimed: state SENDING, leased
@@ -161,10 +184,47 @@ class StepLog(ABC):
           no claim round trip, and a recovery worker takes them over only if the committer dies);
         - consent events are chained per subject (``bot.core.consent.chain``) and appended;
         - ``step.inbox_ids`` are marked done. This part may lag (be batched) because the head's
-          ``consumed`` list already records them; ``Inbox.pending`` may briefly still return them.
+          ``consumed`` list already records them; ``Inbox.pending`` may briefly still return them, so
+          a dispatcher skips pending entries whose id is in ``conversation.consumed``.
 
-        With ``release`` the conversation lease is given back in the same write as the head. Returns
-        the transcript ids of the outbound entries, in order."""
+        Without ``release`` the lease is extended to ``step.at + lease_seconds``; with ``release`` it
+        is given back as the commit's last write (never before the step's records are in place).
+        Transcript ids are ``f"{step.id}/in/{i}"`` and ``f"{step.id}/out/{i}"``. Returns the ids of
+        the outbound entries, in order.
+
+        Once the head has moved the step is durable even if a later part of the commit fails (the
+        call then raises :class:`bot.errors.StoreUnavailable`): an adapter that writes the parts
+        separately rolls the rest forward idempotently on the next ``acquire`` of the conversation or
+        in :meth:`recover`. Nothing is lost and nothing is written twice."""
+
+    async def recover(self, now: datetime, limit: int = 100) -> int:
+        """Finish commits whose committer died after the head moved and whose lease has run out by
+        ``now``: write their history, transcript, consent and inbox parts (idempotent). Returns how
+        many steps were rolled forward. Run it at start and now and then (the outbox then claims
+        their messages once the committer's lease is over). Adapters whose commit is one atomic
+        write have nothing to recover."""
+        return 0
+
+    @staticmethod
+    def entries(step: Step) -> list[TranscriptEntry]:
+        """The transcript entries :meth:`commit` writes for ``step``: inbound first, then outbound
+        (SENDING, ``sent_by="flow"``), all with the conversation's subject and ``at = step.at``."""
+        conv = step.conversation
+        ins = [
+            TranscriptEntry(
+                id=f"{step.id}/in/{i}", key=conv.key, subject=conv.subject, direction="in", seq=step.seq,
+                at=step.at, inbound=msg,
+            )
+            for i, msg in enumerate(step.inbound)
+        ]
+        outs = [
+            TranscriptEntry(
+                id=f"{step.id}/out/{i}", key=conv.key, subject=conv.subject, direction="out", seq=step.seq,
+                at=step.at, outbound=msg, out_state=OutState.SENDING, sent_by="flow",
+            )
+            for i, msg in enumerate(step.outbox)
+        ]
+        return ins + outs
 
     @abstractmethod
     async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
@@ -185,6 +245,39 @@ class StepRecord:
     transitions: tuple[Transition, ...]
     state: str
     notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, step: Step) -> StepRecord:
+        """The history record ``step`` leaves."""
+        return cls(
+            key=step.conversation.key,
+            seq=step.seq,
+            at=step.at,
+            cause=str(step.cause),
+            cause_id=step.cause_id,
+            transitions=step.transitions,
+            state=step.conversation.state,
+            notes=step.notes,
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["transitions"] = [asdict(t) for t in self.transitions]
+        doc["notes"] = list(self.notes)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> StepRecord:
+        return cls(
+            key=doc["key"],
+            seq=doc["seq"],
+            at=doc["at"],
+            cause=doc["cause"],
+            cause_id=doc["cause_id"],
+            transitions=tuple(Transition(**t) for t in doc["transitions"]),
+            state=doc["state"],
+            notes=tuple(doc.get("notes", ())),
+        )
 
 
 # --- transcript and outbox -----------------------------------------------------------------------
@@ -248,20 +341,27 @@ class Transcript(ABC):
         self, owner: str, now: datetime, lease_seconds: float, limit: int = 50, entry_ids: Sequence[str] = ()
     ) -> list[TranscriptEntry]:
         """Claim pending outbound entries (``next_attempt_at`` unset or due) and those whose SENDING
-        lease has expired; mark them SENDING for ``lease_seconds``. With ``entry_ids`` only those are
-        considered. Two owners never hold the same entry at once. Oldest first."""
+        lease has expired (``until <= now``); mark them SENDING for ``lease_seconds``. With
+        ``entry_ids`` only those are considered. Two owners never hold the same entry at once.
+        Earliest due first (ties in transcript order): a new entry is due at its ``at``, a re-queued
+        one at its ``retry_at`` (or when it was re-queued), a SENDING entry when its lease ends."""
 
     @abstractmethod
     async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
-        """Record the outcome of a send attempt. Only the current lease holder may settle; returns
-        False (and changes nothing) otherwise. ``outcome.state == PENDING`` re-queues with
-        ``retry_at`` and counts an attempt."""
+        """Record the outcome of a send attempt. Only the current lease holder (the recorded owner of
+        a SENDING entry, as for conversations) may settle; returns False (and changes nothing)
+        otherwise. Every settle counts an attempt. ACCEPTED records the wamid with delivery
+        ACCEPTED at ``now`` (what :meth:`count_sent_since` counts); BLOCKED keeps ``reason``; FAILED
+        keeps ``error``/``reason``; PENDING re-queues at ``retry_at`` (or at once) keeping the last
+        ``error``/``reason``. ``outcome.state == SENDING`` is a ``ValueError``."""
 
     @abstractmethod
     async def apply_status(self, update: StatusUpdate, at: datetime) -> TranscriptEntry | None:
         """Apply a delivery status to the entry with that wamid. Monotonic: never downgrades
-        (sent < delivered < read < played); FAILED is terminal. Every status is appended to
-        ``statuses`` in arrival order. Returns the updated entry, or None for an unknown wamid."""
+        (sent < delivered < read < played); FAILED is terminal (and keeps the first of its errors in
+        ``error``); UNKNOWN never changes ``delivery``. ``delivery_at`` is the ``at`` of the status
+        that set ``delivery``. Every status is appended to ``statuses`` as ``(status, at)`` in arrival
+        order. Returns the updated entry, or None for an unknown wamid."""
 
     @abstractmethod
     async def by_wamid(self, wamid: str) -> TranscriptEntry | None: ...
@@ -270,11 +370,13 @@ class Transcript(ABC):
     async def for_conversation(
         self, key: str, after: datetime | None = None, limit: int = 500
     ) -> list[TranscriptEntry]:
-        """A conversation's transcript in time order."""
+        """A conversation's transcript in time order (``at > after``); within one step, inbound
+        entries first, then outbound, each in order."""
 
     @abstractmethod
     async def count_sent_since(self, subject: str, category: Category, since: datetime) -> int:
-        """How many messages of ``category`` were accepted for ``subject`` since ``since`` (frequency cap)."""
+        """How many messages of ``category`` were accepted for ``subject`` at or after ``since``
+        (frequency cap). ``subject`` is the entry's subject (the conversation's)."""
 
     @abstractmethod
     async def delete(self, key: str) -> int:
@@ -287,14 +389,17 @@ class ConsentLedger(ABC):
 
     @abstractmethod
     async def append(self, events: Sequence[Any]) -> list[ConsentRecord]:
-        """Chain and append ``ConsentEventDraft`` values outside a step (Meta signals, agents)."""
+        """Chain and append ``ConsentEventDraft`` values outside a step (Meta signals, agents), in
+        order. Concurrent appends for one subject never fork its chain. Returns the records in the
+        order of ``events``."""
 
     @abstractmethod
     async def history(self, subject: str) -> list[ConsentRecord]:
         """A subject's chain in seq order."""
 
     @abstractmethod
-    async def subjects(self) -> list[str]: ...
+    async def subjects(self) -> list[str]:
+        """Every subject with at least one event, sorted."""
 
 
 # --- the bundle ----------------------------------------------------------------------------------
@@ -316,4 +421,4 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> bool:
-        """True when the database answers (readiness)."""
+        """True when the database answers (readiness); False, never an exception, when it does not."""

@@ -1,0 +1,475 @@
+"""The reference implementation of every storage port, in process memory (nothing persists).
+
+Used by unit tests, benchmarks that separate the framework's cost from the database's, and
+``consentbot serve --store memory``. Every method runs to completion without awaiting, so each call
+is atomic on the event loop: no lock is needed and results are deterministic. Values go in and out
+through the same document form the MongoDB adapter stores (``to_doc``/``from_doc`` with datetimes in
+UTC truncated to the millisecond), so both adapters return equal values and callers never share
+mutable state with the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
+from bot.core.conversation import Conversation, Step, Timer
+from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate
+from bot.errors import NotFound, StaleVersion
+from bot.store.base import (
+    ConsentLedger,
+    ConversationQuery,
+    Conversations,
+    Inbox,
+    InboxEntry,
+    Lease,
+    OutState,
+    SendOutcome,
+    StepLog,
+    StepRecord,
+    Store,
+    Transcript,
+    TranscriptEntry,
+    millis,
+)
+from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
+
+T = TypeVar("T")
+
+
+def stored(value: Any) -> Any:
+    """A deep copy of a document as a BSON round trip returns it: tuples become lists, datetimes are
+    UTC milliseconds."""
+    if isinstance(value, datetime):
+        return millis(value)
+    if isinstance(value, dict):
+        return {k: stored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [stored(v) for v in value]
+    return value
+
+
+def roundtrip(value: T, to_doc: Callable[[T], dict[str, Any]], from_doc: Callable[[dict[str, Any]], T]) -> T:
+    return from_doc(stored(to_doc(value)))
+
+
+def settled(entry: TranscriptEntry, outcome: SendOutcome, now: datetime) -> TranscriptEntry:
+    """``entry`` after a send attempt ended with ``outcome`` (see :meth:`Transcript.settle`)."""
+    attempts = entry.attempts + 1
+    if outcome.state is OutState.ACCEPTED:
+        return replace(
+            entry, out_state=OutState.ACCEPTED, wamid=outcome.wamid, delivery=DeliveryStatus.ACCEPTED,
+            delivery_at=now, attempts=attempts, next_attempt_at=None, reason=outcome.reason,
+            error=outcome.error,
+        )
+    if outcome.state is OutState.PENDING:
+        return replace(
+            entry, out_state=OutState.PENDING, next_attempt_at=outcome.retry_at, attempts=attempts,
+            reason=outcome.reason, error=outcome.error,
+        )
+    if outcome.state in (OutState.BLOCKED, OutState.FAILED):
+        return replace(
+            entry, out_state=outcome.state, attempts=attempts, next_attempt_at=None, reason=outcome.reason,
+            error=outcome.error,
+        )
+    raise ValueError(f"outcome.state: a send attempt cannot end in {outcome.state!s}")
+
+
+def delivery_rank(status: DeliveryStatus | None) -> int:
+    return -2 if status is None else STATUS_RANK[status]
+
+
+def with_status(entry: TranscriptEntry, update: StatusUpdate, at: datetime) -> TranscriptEntry:
+    """``entry`` after the delivery status ``update`` arrived at ``at`` (monotonic, FAILED terminal)."""
+    statuses = (*entry.statuses, (str(update.status), at))
+    if delivery_rank(update.status) <= delivery_rank(entry.delivery):
+        return replace(entry, statuses=statuses)
+    error = update.errors[0] if update.status is DeliveryStatus.FAILED and update.errors else entry.error
+    return replace(entry, statuses=statuses, delivery=update.status, delivery_at=at, error=error)
+
+
+# --- state ---------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _InboxRow:
+    entry: InboxEntry
+    order: int
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Head:
+    conversation: Conversation | None = None
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+
+
+@dataclass(slots=True)
+class _OutRow:
+    entry: TranscriptEntry
+    order: int
+    pos: int
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    queue_at: datetime | None = None  # when the outbox may (re)claim it; None: not in the outbox
+    accepted_at: datetime | None = None  # when the Graph API accepted it (frequency caps)
+
+
+@dataclass(slots=True)
+class _Data:
+    inbox: dict[str, _InboxRow] = field(default_factory=dict)
+    heads: dict[str, _Head] = field(default_factory=dict)
+    steps: dict[str, list[StepRecord]] = field(default_factory=dict)
+    transcript: dict[str, _OutRow] = field(default_factory=dict)
+    wamids: dict[str, str] = field(default_factory=dict)
+    consent: dict[str, list[ConsentRecord]] = field(default_factory=dict)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+
+def _copy_inbox(entry: InboxEntry) -> InboxEntry:
+    return replace(entry, received_at=millis(entry.received_at), doc=stored(entry.doc))
+
+
+def _copy_conversation(conversation: Conversation) -> Conversation:
+    return roundtrip(conversation, Conversation.to_doc, Conversation.from_doc)
+
+
+def _copy_entry(entry: TranscriptEntry) -> TranscriptEntry:
+    """A fresh, millisecond-precise copy (the dataclass is frozen but its message docs are not)."""
+    def at(value: datetime | None) -> datetime | None:
+        return None if value is None else millis(value)
+
+    return replace(
+        entry,
+        at=millis(entry.at),
+        inbound=None if entry.inbound is None else roundtrip(entry.inbound, Inbound.to_doc, Inbound.from_doc),
+        outbound=None
+        if entry.outbound is None
+        else roundtrip(entry.outbound, Outbound.to_doc, Outbound.from_doc),
+        delivery_at=at(entry.delivery_at),
+        next_attempt_at=at(entry.next_attempt_at),
+        statuses=tuple((s, millis(t)) for s, t in entry.statuses),
+    )
+
+
+def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentRecord]:
+    records = []
+    for draft in drafts:
+        event = roundtrip(draft, ConsentEventDraft.to_doc, ConsentEventDraft.from_doc)
+        log = data.consent.setdefault(event.subject, [])
+        record = chain(log[-1] if log else None, event)
+        log.append(record)
+        records.append(record)
+    return records
+
+
+# --- ports ---------------------------------------------------------------------------------------
+class MemoryInbox(Inbox):
+    def __init__(self, data: _Data) -> None:
+        self._d = data
+
+    async def put(self, entries: Sequence[InboxEntry]) -> int:
+        new = 0
+        for entry in entries:
+            if entry.id not in self._d.inbox:
+                self._d.inbox[entry.id] = _InboxRow(_copy_inbox(entry), next(self._d.counter))
+                new += 1
+        return new
+
+    async def pending(self, conversation_key: str, limit: int = 100) -> list[InboxEntry]:
+        rows = [r for r in self._d.inbox.values() if not r.done and r.entry.conversation_key == conversation_key]
+        rows.sort(key=lambda r: (r.entry.timestamp, r.order))
+        return [_copy_inbox(r.entry) for r in rows[:limit]]
+
+    async def pending_keys(self, limit: int = 100, not_after: datetime | None = None) -> list[str]:
+        oldest: dict[str, tuple[datetime, int]] = {}
+        for r in self._d.inbox.values():
+            if r.done or (not_after is not None and r.entry.received_at > not_after):
+                continue
+            mark = (r.entry.received_at, r.order)
+            key = r.entry.conversation_key
+            if key not in oldest or mark < oldest[key]:
+                oldest[key] = mark
+        return sorted(oldest, key=lambda k: (oldest[k], k))[:limit]
+
+    async def mark_done(self, ids: Sequence[str], now: datetime) -> None:
+        for entry_id in ids:
+            row = self._d.inbox.get(entry_id)
+            if row is not None:
+                row.done = True
+
+    async def bump_attempts(self, entry_id: str) -> int:
+        row = self._d.inbox.get(entry_id)
+        if row is None:
+            raise NotFound(f"inbox entry {entry_id!r} does not exist")
+        row.entry = replace(row.entry, attempts=row.entry.attempts + 1)
+        return row.entry.attempts
+
+    async def count_pending(self) -> int:
+        return sum(1 for r in self._d.inbox.values() if not r.done)
+
+
+class MemoryConversations(Conversations):
+    def __init__(self, data: _Data) -> None:
+        self._d = data
+
+    async def acquire(self, key: str, owner: str, now: datetime, lease_seconds: float) -> Lease:
+        head = self._d.heads.setdefault(key, _Head())
+        free = head.lease_until is None or head.lease_until <= millis(now)
+        if not free and head.lease_owner != owner:
+            return Lease(acquired=False, conversation=None)
+        head.lease_owner, head.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
+        conv = head.conversation
+        return Lease(acquired=True, conversation=None if conv is None else _copy_conversation(conv))
+
+    async def release(self, key: str, owner: str) -> None:
+        head = self._d.heads.get(key)
+        if head is None or head.lease_owner != owner:
+            return
+        if head.conversation is None:
+            del self._d.heads[key]
+        else:
+            head.lease_owner, head.lease_until = "", None
+
+    async def get(self, key: str) -> Conversation | None:
+        head = self._d.heads.get(key)
+        conv = None if head is None else head.conversation
+        return None if conv is None else _copy_conversation(conv)
+
+    def _matching(self, query: ConversationQuery) -> list[Conversation]:
+        text, term = query.text.lower(), purpose_term(query)
+        out = []
+        for head in self._d.heads.values():
+            c = head.conversation
+            if c is None:
+                continue
+            checks = (
+                not text or any(t.startswith(text) for t in search_terms(c)),
+                not query.phone_number_id or c.phone_number_id == query.phone_number_id,
+                not query.state or c.state == query.state,
+                not query.flow_id or c.flow_id == query.flow_id,
+                not term or term in purpose_terms(c),
+                query.needs_person is None or c.needs_person == query.needs_person,
+                query.paused is None or c.paused == query.paused,
+                query.updated_after is None or c.updated_at > query.updated_after,
+                query.updated_before is None or c.updated_at < query.updated_before,
+            )
+            if all(checks):
+                out.append(c)
+        out.sort(key=lambda c: (c.updated_at, c.key), reverse=True)
+        return out
+
+    async def find(self, query: ConversationQuery, skip: int = 0, limit: int = 50) -> list[Conversation]:
+        return [_copy_conversation(c) for c in self._matching(query)[skip : skip + limit]]
+
+    async def count(self, query: ConversationQuery) -> int:
+        return len(self._matching(query))
+
+    async def by_subject(self, subject: str) -> list[Conversation]:
+        found = [
+            h.conversation
+            for h in self._d.heads.values()
+            if h.conversation is not None and subject in subject_ids(h.conversation)
+        ]
+        return [_copy_conversation(c) for c in sorted(found, key=lambda c: c.key)]
+
+    async def count_by_state(self, flow_id: str) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for h in self._d.heads.values():
+            c = h.conversation
+            if c is not None and c.flow_id == flow_id:
+                counts[(c.flow_version, c.state)] = counts.get((c.flow_version, c.state), 0) + 1
+        return counts
+
+    async def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, Timer]]:
+        due = [
+            (key, timer)
+            for key, h in self._d.heads.items()
+            if h.conversation is not None
+            for timer in h.conversation.timers
+            if timer.due <= now
+        ]
+        due.sort(key=lambda kt: (kt[1].due, kt[0]))
+        return due[:limit]
+
+    async def delete(self, key: str) -> None:
+        self._d.heads.pop(key, None)
+
+
+class MemoryStepLog(StepLog):
+    def __init__(self, data: _Data) -> None:
+        self._d = data
+
+    async def commit(
+        self, step: Step, owner: str, lease_seconds: float = 30.0, release: bool = True
+    ) -> list[str]:
+        conv = step.conversation
+        if conv.version != step.seq:
+            raise ValueError(f"step.conversation.version: {conv.version} is not step.seq {step.seq}")
+        head = self._d.heads.get(conv.key)
+        stored_version = 0 if head is None or head.conversation is None else head.conversation.version
+        if head is None or head.lease_owner != owner:
+            raise StaleVersion(f"conversation {conv.key!r}: lease not held by {owner!r}")
+        if stored_version != step.seq - 1:
+            raise StaleVersion(f"conversation {conv.key!r} is at version {stored_version}, not {step.seq - 1}")
+        head.conversation = _copy_conversation(conv)
+        if release:
+            head.lease_owner, head.lease_until = "", None
+        else:
+            head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
+        record = roundtrip(StepRecord.of(step), StepRecord.to_doc, StepRecord.from_doc)
+        self._d.steps.setdefault(conv.key, []).append(record)
+        lease_until = millis(step.at + timedelta(seconds=lease_seconds))
+        out_ids = []
+        for pos, entry in enumerate(self.entries(step)):
+            row = _OutRow(_copy_entry(entry), next(self._d.counter), pos)
+            if entry.direction == "out":
+                row.lease_owner, row.lease_until = owner, lease_until
+                row.queue_at = lease_until
+                out_ids.append(entry.id)
+            self._d.transcript[entry.id] = row
+        _chain(self._d, step.consent)
+        for entry_id in step.inbox_ids:
+            row_in = self._d.inbox.get(entry_id)
+            if row_in is not None:
+                row_in.done = True
+        return out_ids
+
+    async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
+        return [r for r in self._d.steps.get(key, []) if r.seq > after_seq][:limit]
+
+    async def delete(self, key: str) -> int:
+        return len(self._d.steps.pop(key, []))
+
+
+class MemoryTranscript(Transcript):
+    def __init__(self, data: _Data) -> None:
+        self._d = data
+
+    async def add_outbound(
+        self, key: str, subject: str, message: Outbound, at: datetime, sent_by: str, entry_id: str
+    ) -> bool:
+        if entry_id in self._d.transcript:
+            return False
+        entry = TranscriptEntry(
+            id=entry_id, key=key, subject=subject, direction="out", seq=0, at=at, outbound=message,
+            out_state=OutState.PENDING, sent_by=sent_by,
+        )
+        row = _OutRow(_copy_entry(entry), next(self._d.counter), 0)
+        row.queue_at = row.entry.at
+        self._d.transcript[entry_id] = row
+        return True
+
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, limit: int = 50, entry_ids: Sequence[str] = ()
+    ) -> list[TranscriptEntry]:
+        now = millis(now)
+        rows = (
+            [self._d.transcript[i] for i in entry_ids if i in self._d.transcript]
+            if entry_ids
+            else list(self._d.transcript.values())
+        )
+        due = [r for r in rows if r.queue_at is not None and r.queue_at <= now]
+        due.sort(key=lambda r: (r.queue_at, r.entry.at, r.pos, r.order))
+        claimed = []
+        for row in due[:limit]:
+            row.entry = replace(row.entry, out_state=OutState.SENDING)
+            row.lease_owner, row.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
+            row.queue_at = row.lease_until
+            claimed.append(_copy_entry(row.entry))
+        return claimed
+
+    async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
+        row = self._d.transcript.get(entry_id)
+        if outcome.state is OutState.SENDING:
+            raise ValueError("outcome.state: a send attempt cannot end in sending")
+        if row is None or row.entry.out_state is not OutState.SENDING or row.lease_owner != owner:
+            return False
+        now = millis(now)
+        row.entry = _copy_entry(settled(row.entry, outcome, now))
+        row.lease_owner, row.lease_until = "", None
+        row.queue_at = (row.entry.next_attempt_at or now) if outcome.state is OutState.PENDING else None
+        if outcome.state is OutState.ACCEPTED:
+            row.accepted_at = now
+            self._d.wamids[row.entry.wamid] = entry_id
+        return True
+
+    async def apply_status(self, update: StatusUpdate, at: datetime) -> TranscriptEntry | None:
+        entry_id = self._d.wamids.get(update.message_id)
+        row = None if entry_id is None else self._d.transcript.get(entry_id)
+        if row is None:
+            return None
+        row.entry = _copy_entry(with_status(row.entry, update, millis(at)))
+        return _copy_entry(row.entry)
+
+    async def by_wamid(self, wamid: str) -> TranscriptEntry | None:
+        entry_id = self._d.wamids.get(wamid)
+        row = None if entry_id is None else self._d.transcript.get(entry_id)
+        return None if row is None else _copy_entry(row.entry)
+
+    async def for_conversation(
+        self, key: str, after: datetime | None = None, limit: int = 500
+    ) -> list[TranscriptEntry]:
+        rows = [
+            r for r in self._d.transcript.values()
+            if r.entry.key == key and (after is None or r.entry.at > after)
+        ]
+        rows.sort(key=lambda r: (r.entry.at, r.pos, r.order))
+        return [_copy_entry(r.entry) for r in rows[:limit]]
+
+    async def count_sent_since(self, subject: str, category: Category, since: datetime) -> int:
+        return sum(
+            1
+            for r in self._d.transcript.values()
+            if r.entry.subject == subject
+            and r.entry.out_state is OutState.ACCEPTED
+            and r.entry.outbound is not None
+            and r.entry.outbound.category is category
+            and r.accepted_at is not None
+            and r.accepted_at >= since
+        )
+
+    async def delete(self, key: str) -> int:
+        ids = [i for i, r in self._d.transcript.items() if r.entry.key == key]
+        for entry_id in ids:
+            row = self._d.transcript.pop(entry_id)
+            self._d.wamids.pop(row.entry.wamid, None)
+        return len(ids)
+
+
+class MemoryLedger(ConsentLedger):
+    def __init__(self, data: _Data) -> None:
+        self._d = data
+
+    async def append(self, events: Sequence[Any]) -> list[ConsentRecord]:
+        return _chain(self._d, events)
+
+    async def history(self, subject: str) -> list[ConsentRecord]:
+        return list(self._d.consent.get(subject, []))
+
+    async def subjects(self) -> list[str]:
+        return sorted(s for s, log in self._d.consent.items() if log)
+
+
+class MemoryStore(Store):
+    """Every port in process memory. ``open``/``close`` do nothing; ``ping`` is always True."""
+
+    def __init__(self) -> None:
+        self._data = _Data()
+        self.inbox = MemoryInbox(self._data)
+        self.conversations = MemoryConversations(self._data)
+        self.steps = MemoryStepLog(self._data)
+        self.transcript = MemoryTranscript(self._data)
+        self.ledger = MemoryLedger(self._data)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
