@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import aiohttp
@@ -26,7 +27,6 @@ from bot.whatsapp.graph_errors import (
     OutcomeUnknown,
     PairRateLimited,
     RetryClass,
-    ThroughputExceeded,
     TransientGraphError,
     WindowClosed,
 )
@@ -190,7 +190,7 @@ async def test_server_errors_are_retried_with_backoff(sandbox: Sandbox, session:
     assert result.attempts == 3
     log = sandbox.sim.requests
     assert [r.status for r in log] == [500, 500, 200]
-    gaps = [b.at - a.at for a, b in zip(log, log[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(log)]
     assert gaps[0] >= 0.05 * 0.5 * 0.9  # first backoff: base x (0.5..1.0)
     assert gaps[1] >= 0.10 * 0.5 * 0.9  # doubled
 
@@ -304,7 +304,7 @@ async def test_pair_pacing_spaces_a_chatty_conversation(sandbox: Sandbox, sessio
     at = requests_to(sandbox)
     assert len(at) == 7
     assert at[2] - at[0] < interval  # a 3-bubble answer goes out at once
-    for a, b in zip(at[2:], at[3:], strict=False):
+    for a, b in itertools.pairwise(at[2:]):
         assert b - a >= interval * 0.9  # then one per interval
     # the bodies kept their order
     assert [b["text"]["body"] for b in sandbox.sim.sent_to(CUSTOMER)] == [f"bubble {i}" for i in range(7)]
