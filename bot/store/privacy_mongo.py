@@ -46,6 +46,7 @@ from bot.core.project import Retention
 from bot.core.proof import notice_from_doc, notice_intact, notice_to_doc
 from bot.core.rendering import NoticeText
 from bot.errors import NotFound, StoreError, StoreUnavailable
+from bot.store import indexes as ix
 from bot.store.privacy import (
     AccessDenied,
     BlockedProof,
@@ -162,6 +163,18 @@ async def apply_retention_indexes(
     for target, days in (extra or {}).items():
         wanted.append((target.collection, target.field, days * 86400))
     return [await ensure_ttl_index(db, c, f, s) for c, f, s in wanted]
+
+
+#: The main store's collections that expire (``bot.store.indexes``): transcript entries by their time,
+#: inbox entries once processed (``done_at`` is set by ``Inbox.mark_done``; pending ones never expire).
+TRANSCRIPTS = RetentionTarget(ix.TRANSCRIPT, "at")
+PROCESSED_INBOX = RetentionTarget(ix.INBOX, "done_at")
+
+
+async def apply_store_retention(db: AsyncDatabase[Doc], retention: Retention) -> list[TtlIndex]:
+    """:func:`apply_retention_indexes` on the main store's own collections (run at start, after
+    ``MongoStore.open``, on ``MongoStore.database``)."""
+    return await apply_retention_indexes(db, retention, transcripts=TRANSCRIPTS, inbox=PROCESSED_INBOX)
 
 
 # --- ports ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from bot.core.project import Retention
 from bot.core.proof import request_due, suppression_key, verify_chain
 from bot.core.rendering import NoticeText
 from bot.errors import NotFound
+from bot.store.mongo import MongoStore
 from bot.store.privacy import (
     AccessDenied,
     BlockedProofEntry,
@@ -29,7 +30,13 @@ from bot.store.privacy import (
     Role,
 )
 from bot.store.privacy_memory import MemoryPrivacyStore
-from bot.store.privacy_mongo import MongoPrivacyStore, RetentionTarget, apply_retention_indexes, ensure_ttl_index
+from bot.store.privacy_mongo import (
+    MongoPrivacyStore,
+    RetentionTarget,
+    apply_retention_indexes,
+    apply_store_retention,
+    ensure_ttl_index,
+)
 
 NOW = datetime(2025, 6, 3, 10, 15, 42, 123456, tzinfo=UTC)
 NOW_MS = NOW.replace(microsecond=123000)
@@ -238,3 +245,16 @@ async def test_memory_store_expires_blocked_proof_like_the_ttl_index() -> None:
     await store.blocked.block(BlockedProofEntry("kept", "s", (), (), NOW, NOW + timedelta(days=3)))
     assert store.expire(NOW + timedelta(days=2)) == 1
     assert [e.id for e in await store.blocked.read("s", DPO)] == ["kept"]
+
+
+async def test_retention_on_the_main_store_collections(mongo_store: MongoStore) -> None:
+    """TTL indexes on the collections the main store writes, with the configured values."""
+    db = mongo_store.database
+    await apply_store_retention(db, Retention(transcripts_days=180, inbox_days=7, blocked_proof_days=1095))
+    assert await ttl_of(db, "transcript", "at") == 180 * 86400
+    assert await ttl_of(db, "inbox", "done_at") == 7 * 86400
+    assert await ttl_of(db, "blocked_proof", "destroy_at") == 0
+    await mongo_store.open()  # the main store re-opening leaves the TTL indexes alone
+    changed = await apply_store_retention(db, Retention(transcripts_days=90, inbox_days=7))
+    assert [d.action for d in changed if d.collection == "transcript"] == ["updated"]
+    assert await ttl_of(db, "transcript", "at") == 90 * 86400
