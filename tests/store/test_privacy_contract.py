@@ -58,18 +58,25 @@ async def mongo_db(mongo_uri: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]
 
 
 @pytest.fixture(params=["memory", "mongo"])
-async def privacy(request: pytest.FixtureRequest) -> AsyncIterator[PrivacyStore]:
-    if request.param == "memory":
+def privacy_uri(request: pytest.FixtureRequest) -> str | None:
+    """``None`` for the memory adapter, else the session server's URI (resolved outside the event loop)."""
+    return None if request.param == "memory" else str(request.getfixturevalue("mongo_uri"))
+
+
+@pytest.fixture
+async def privacy(privacy_uri: str | None) -> AsyncIterator[PrivacyStore]:
+    if privacy_uri is None:
         store: PrivacyStore = MemoryPrivacyStore()
         await store.open()
         yield store
         return
-    uri = request.getfixturevalue("mongo_uri")
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(privacy_uri, tz_aware=True,
+                                                                serverSelectionTimeoutMS=5000)
     db = client[f"privacy_{uuid.uuid4().hex[:12]}"]
     try:
         store = MongoPrivacyStore(db)
         await store.open()
+        await store.open()  # idempotent
         yield store
     finally:
         await client.drop_database(db.name)
