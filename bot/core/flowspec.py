@@ -163,6 +163,15 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], dups: list[tuple[st
             _walk(item, child, lines, dups)
 
 
+def node_lines(text: str) -> dict[str, int]:
+    """Map every path of a YAML document (``a.b[2].c``) to its 1-based line. Raises ``yaml.YAMLError``."""
+    node = yaml.compose(text, Loader=FlowLoader)
+    lines: dict[str, int] = {}
+    if node is not None:
+        _walk(node, "", lines, [])
+    return lines
+
+
 def _json_path(parts: Any) -> str:
     out = ""
     for part in parts:

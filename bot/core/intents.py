@@ -256,8 +256,32 @@ ANSWER_WORDS: frozenset[str] = frozenset(
 )
 
 
+# Asking for a person is recognised anywhere in a short message ("quiero hablar con una persona").
+HUMAN_TOKENS: frozenset[str] = frozenset(
+    match_form(w)
+    for w in (
+        "human",
+        "person",
+        "agent",
+        "operator",
+        "humano",
+        "persona",
+        "agente",
+        "operador",
+        "pessoa",
+        "atendente",
+        "conseiller",
+        "mensch",
+        "mitarbeiter",
+        "operatore",
+    )
+)
+HUMAN_MAX_TOKENS = 8
+
+
 def builtin_intent(text: str) -> BuiltinIntent | None:
-    """The built-in intent of a typed text, or ``None``. Exact matches in any set win over prefixes."""
+    """The built-in intent of a typed text, or ``None``. Exact matches in any set win over prefixes;
+    a short message naming a person ("quiero hablar con una persona") asks for one."""
     form = match_form(text)
     if not form:
         return None
@@ -268,6 +292,8 @@ def builtin_intent(text: str) -> BuiltinIntent | None:
     for intent, words in BUILTIN_KEYWORDS:
         if words.match_leading(tokens):
             return intent
+    if len(tokens) <= HUMAN_MAX_TOKENS and not HUMAN_TOKENS.isdisjoint(tokens):
+        return BuiltinIntent.HUMAN
     return None
 
 
