@@ -38,6 +38,8 @@ from bot.store.base import (
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
 
+__all__ = ["MemoryStore", "millis", "roundtrip", "stored"]
+
 T = TypeVar("T")
 
 

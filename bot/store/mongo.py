@@ -77,6 +77,7 @@ Doc = dict[str, Any]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CLIENT_BULK_WIRE_VERSION = 25  # MongoDB 8.0: the client-level ``bulkWrite`` command
 CHAIN_ATTEMPTS = 20
+CLAIM_ROUNDS = 3
 DUPLICATE_KEY = 11000
 
 
@@ -201,7 +202,7 @@ def _conversation_filter(query: ConversationQuery) -> Doc:
     f: Doc = {"updated_at": updated}
     if query.text:
         low, high = ix.prefix_range(query.text.lower())
-        f["_terms"] = {"$gte": low, "$lt": high}
+        f["_terms"] = {"$elemMatch": {"$gte": low, "$lt": high}}  # one element in range, not any two
     for field in ("phone_number_id", "state", "flow_id"):
         if getattr(query, field):
             f[field] = getattr(query, field)
@@ -518,31 +519,43 @@ class MongoTranscript(Transcript):
     async def claim(
         self, owner: str, now: datetime, lease_seconds: float, limit: int = 50, entry_ids: Sequence[str] = ()
     ) -> list[TranscriptEntry]:
+        """Three round trips: find candidates, claim them with one guarded ``update_many``, read back
+        what this call got. Each document's update re-checks ``queue_at <= now`` atomically, and a
+        claim moves ``queue_at`` past ``now``, so no entry is ever held by two owners. Candidates a
+        concurrent claimer took first are replaced by the next ones (a few rounds at most)."""
         now = millis(now)
-        order = [("queue_at", 1), ("at", 1), ("pos", 1)]
+        until = now + timedelta(seconds=lease_seconds)
+        token = uuid.uuid4().hex
+        claimed: list[TranscriptEntry] = []
         with translated("transcript.claim"):
-            if entry_ids:
-                found = await _to_list(self._c.find({"_id": {"$in": list(entry_ids)}}, projection=dict.fromkeys(
-                    ("queue_at", "at", "pos"), 1)))
-                found = [d for d in found if d.get("queue_at") is not None and d["queue_at"] <= now]
-                found.sort(key=lambda d: (d["queue_at"], d["at"], d["pos"]))
-                ids = [d["_id"] for d in found[:limit]]
-            else:
-                cursor = self._c.find({"queue_at": {"$lte": now}}, projection={"_id": 1}).sort(order)
-                ids = [d["_id"] for d in await _to_list(cursor.limit(limit))]
-            if not ids:
-                return []
-            token = uuid.uuid4().hex
-            until = now + timedelta(seconds=lease_seconds)
-            # Each document's update re-checks ``queue_at`` atomically: a concurrent claimer that got
-            # there first moved it past ``now``, so no entry is ever held by two owners.
-            await self._c.update_many(
-                {"_id": {"$in": ids}, "queue_at": {"$lte": now}},
-                {"$set": {"state": str(OutState.SENDING), "lease": {"owner": owner, "until": until, "token": token},
-                          "queue_at": until}},
-            )
-            claimed = {d["_id"]: d for d in await _to_list(self._c.find({"_id": {"$in": ids}, "lease.token": token}))}
-        return [_entry(claimed[i]) for i in ids if i in claimed]
+            for _ in range(CLAIM_ROUNDS):
+                ids = await self._candidates(now, limit - len(claimed), entry_ids)
+                if not ids:
+                    break
+                result = await self._c.update_many(
+                    {"_id": {"$in": ids}, "queue_at": {"$lte": now}},
+                    {"$set": {"state": str(OutState.SENDING), "queue_at": until,
+                              "lease": {"owner": owner, "until": until, "token": token}}},
+                )
+                if result.modified_count:
+                    got = await _to_list(self._c.find({"_id": {"$in": ids}, "lease.token": token}))
+                    by_id = {d["_id"]: d for d in got}
+                    claimed += [_entry(by_id[i]) for i in ids if i in by_id]
+                if result.modified_count == len(ids) or len(claimed) >= limit:
+                    break
+        return claimed
+
+    async def _candidates(self, now: datetime, limit: int, entry_ids: Sequence[str]) -> list[str]:
+        """Ids of entries due by ``now``, earliest due first."""
+        if not entry_ids:
+            cursor = self._c.find({"queue_at": {"$lte": now}}, projection={"_id": 1})
+            cursor = cursor.sort([("queue_at", 1), ("at", 1), ("pos", 1)]).limit(limit)
+            return [d["_id"] for d in await _to_list(cursor)]
+        fields = {"queue_at": 1, "at": 1, "pos": 1}
+        found = await _to_list(self._c.find({"_id": {"$in": list(entry_ids)}}, projection=fields))
+        found = [d for d in found if d.get("queue_at") is not None and d["queue_at"] <= now]
+        found.sort(key=lambda d: (d["queue_at"], d["at"], d["pos"]))
+        return [d["_id"] for d in found[:limit]]
 
     async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
         state = outcome.state
