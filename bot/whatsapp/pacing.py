@@ -67,7 +67,8 @@ class Gcra:
 class Pacer:
     """Per-number throughput limit plus per-(number, recipient) pair pacing.
 
-    ``rate_per_second`` (1..1000) with a burst of ``burst`` sends (default: one second's worth) per
+    ``rate_per_second`` (up to 1000) with a burst of ``burst`` sends (default: a tenth of a second's
+    worth, so no one-second window ever sees more than 1.1 x the rate) per
     business number; ``pair_interval`` seconds between messages to one customer after ``pair_burst``
     immediate ones. ``clock``/``sleep`` are injectable for tests.
     """
@@ -139,7 +140,7 @@ class Pacer:
     def _number(self, phone_number_id: str) -> Gcra:
         g = self._numbers.get(phone_number_id)
         if g is None:
-            burst = self.burst if self.burst is not None else max(1, int(self.rate_per_second))
+            burst = self.burst if self.burst is not None else max(1, int(self.rate_per_second / 10))
             g = self._numbers[phone_number_id] = Gcra(1.0 / self.rate_per_second, burst)
         return g
 
