@@ -1,0 +1,48 @@
+"""The shipped scenario files (flows/tests/*.yaml) run against the real engine, as pytest tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.core.sample import SAMPLE_PROJECT
+from bot.core.scenario import run_scenarios
+from bot.runtime.catalog import load_catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = sorted((ROOT / "flows" / "tests").glob("*.yaml"))
+CATALOG = load_catalog(ROOT, SAMPLE_PROJECT)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_shipped_scenarios_pass(path: Path) -> None:
+    results = run_scenarios(path.read_text(encoding="utf-8"), path.name, CATALOG.flows, SAMPLE_PROJECT)
+    assert results and all(r.steps > 0 for r in results)
+    failures = [f for r in results for f in r.failures]
+    assert failures == []
+
+
+def test_every_path_is_covered_in_both_locales() -> None:
+    names = [
+        r.name
+        for f in FILES
+        for r in run_scenarios(f.read_text(encoding="utf-8"), f.name, CATALOG.flows, SAMPLE_PROJECT)
+    ]
+    for topic in ("double opt-in", "decline", "expiry", "age", "topic", "opt-out from", "START", "HELP", "MY DATA"):
+        assert any(topic.lower() in n.lower() for n in names), topic
+    assert sum("(es)" in n for n in names) >= 20 and sum("(en)" in n for n in names) >= 20
+
+
+def test_a_wrong_expectation_fails_with_file_and_line() -> None:
+    text = "scenarios:\n  - name: wrong\n    steps:\n      - send: hi\n        state: subscribed\n"
+    (result,) = run_scenarios(text, "x.yaml", CATALOG.flows, SAMPLE_PROJECT)
+    assert not result.passed
+    assert result.failures[0].startswith("x.yaml:4: wrong: step 1 (send hi): state is 'notice'")
+
+
+def test_a_broken_scenario_file_is_reported() -> None:
+    (result,) = run_scenarios("scenarios: [", "x.yaml", CATALOG.flows, SAMPLE_PROJECT)
+    assert not result.passed and "not valid YAML" in result.failures[0]
+    (result,) = run_scenarios("scenarios:\n  - steps:\n      - shout: hi\n", "y.yaml", CATALOG.flows, SAMPLE_PROJECT)
+    assert "unknown key 'shout'" in result.failures[0]
