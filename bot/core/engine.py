@@ -338,7 +338,7 @@ class _Step:
     def builtin(self, intent: BuiltinIntent, method: str) -> None:
         turn = self.turn
         if intent is BuiltinIntent.OPTOUT:
-            gone = turn.withdraw_all(method)
+            gone = turn.withdraw_all(method, intent="optout")
             turn.slots["opted_out_at"] = self.now
             self.cancel()
             self.fire(str(BuiltinIntent.OPTOUT))
@@ -551,7 +551,7 @@ def decide(
     turn.actor = Actor.META
     method = "user_preferences" if event.kind == "marketing_stop" else "status_131050"
     turn.method = method
-    turn.withdraw_all(method)
+    turn.withdraw_all(method, signal=event.kind, signal_id=event.id or None, detail=event.detail or None)
     turn.slots["opted_out_at"] = now
     step.cancel()
     step.fire(META_STOP)

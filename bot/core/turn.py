@@ -156,12 +156,12 @@ class Turn:
         if state is not None:
             self.consent[purpose] = PurposeStatus(state, self.now, notice_version or self.project.notice_version)
 
-    def withdraw_all(self, method: str = "") -> list[str]:
+    def withdraw_all(self, method: str = "", **evidence: Any) -> list[str]:
         """WITHDRAWN for every purpose granted or requested; returns the purposes withdrawn."""
         known = list(dict.fromkeys([*self.purposes, *self.consent]))
         gone = [p for p in known if self.state_of(p) in (PurposeState.GRANTED, PurposeState.REQUESTED)]
         for p in gone:
-            self.emit(p, ConsentAction.WITHDRAWN, method)
+            self.emit(p, ConsentAction.WITHDRAWN, method, **evidence)
         return gone
 
 

@@ -239,6 +239,7 @@ def test_meta_stop_on_first_contact_and_resume_never_revives() -> None:
     conv = subscribed()
     d = decide(conv, MetaSignal("error_131050", conv.subject, "pn", id="e1"), FAMILY, P, NOW)
     assert {e.actor for e in d.consent} == {Actor.META} and {e.method for e in d.consent} == {"status_131050"}
+    assert all(e.evidence is not None and e.evidence["signal_id"] == "e1" for e in d.consent)
     d2 = decide(d.conversation, MetaSignal("marketing_resume", conv.subject, "pn", id="r1"), FAMILY, P, NOW)
     assert d2.consent == () and not d2.conversation.granted("offers") and d2.conversation.state == OPTED_OUT
 
