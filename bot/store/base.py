@@ -187,23 +187,14 @@ class StepLog(ABC):
           ``consumed`` list already records them; ``Inbox.pending`` may briefly still return them, so
           a dispatcher skips pending entries whose id is in ``conversation.consumed``.
 
-        Without ``release`` the lease is extended to ``step.at + lease_seconds``; with ``release`` it
-        is given back as the commit's last write (never before the step's records are in place).
-        Transcript ids are ``f"{step.id}/in/{i}"`` and ``f"{step.id}/out/{i}"``. Returns the ids of
-        the outbound entries, in order.
+        With ``release`` the conversation lease is given back in the same write as the head; without
+        it the lease is extended to ``step.at + lease_seconds``. Transcript ids are
+        ``f"{step.id}/in/{i}"`` and ``f"{step.id}/out/{i}"``. Returns the ids of the outbound
+        entries, in order.
 
-        Once the head has moved the step is durable even if a later part of the commit fails (the
-        call then raises :class:`bot.errors.StoreUnavailable`): an adapter that writes the parts
-        separately rolls the rest forward idempotently on the next ``acquire`` of the conversation or
-        in :meth:`recover`. Nothing is lost and nothing is written twice."""
-
-    async def recover(self, now: datetime, limit: int = 100) -> int:
-        """Finish commits whose committer died after the head moved and whose lease has run out by
-        ``now``: write their history, transcript, consent and inbox parts (idempotent). Returns how
-        many steps were rolled forward. Run it at start and now and then (the outbox then claims
-        their messages once the committer's lease is over). Adapters whose commit is one atomic
-        write have nothing to recover."""
-        return 0
+        A commit whose outcome is unknown (connection lost while committing) raises
+        :class:`bot.errors.StoreUnavailable`: it either landed whole or not at all, and the reloaded
+        head's ``consumed`` list tells which."""
 
     @staticmethod
     def entries(step: Step) -> list[TranscriptEntry]:

@@ -33,7 +33,6 @@ INDEXES: dict[str, list[tuple[str, Key, dict[str, Any]]]] = {
         ("terms_updated", [("_terms", 1), ("updated_at", -1)], {}),
         ("subject_ids", [("_ids", 1)], {}),
         ("timers_due", [("timers.due", 1)], {}),
-        ("rollforward_due", [("_rf.due", 1)], {}),
     ],
     INBOX: [
         ("pending_by_key", [("key", 1), ("done", 1), ("ts", 1), ("order", 1)], {}),

@@ -7,27 +7,25 @@ its own client and closes it in :meth:`MongoStore.close`.
 
 Collections (see :mod:`bot.store.indexes` for their indexes):
 
-``conversations``   ``_id`` = key. The head (``Conversation.to_doc()``), its ``lease`` (owner, until),
-                    derived index keys (``_terms``, ``_purposes``, ``_ids``) and ``_rf``: the
-                    roll-forward intents of commits whose other writes are not known to be done.
+``conversations``   ``_id`` = key. The head (``Conversation.to_doc()``), its ``lease`` (owner, until)
+                    and derived index keys (``_terms``, ``_purposes``, ``_ids``). A first contact's
+                    lease lives on a placeholder (``version`` 0) until its first step commits.
 ``steps``           ``_id`` = ``"<key>#<seq>"``; the history record. Unique (``key``, ``seq``).
 ``transcript``      ``_id`` = transcript id; messages in and out, the outbox (``queue_at`` is set while
                     an entry waits to be (re)claimed) and delivery statuses. Retention runs on ``at``.
 ``inbox``           ``_id`` = Meta's id; ``done``/``done_at`` once processed (retention on ``done_at``).
 ``consent_events``  per-subject hash chain; unique (``subject``, ``seq``).
 
-**Committing a step** (:meth:`MongoStepLog.commit`) is two round trips. (1) One guarded update of the
-head: version ``seq - 1`` and lease owner in the filter, the new head, and the step's roll-forward
-intent pushed onto ``_rf`` — the atomic commit point. (2) One client-level ``bulkWrite`` (ordered)
-that upserts the history record and transcript entries with ``$setOnInsert``, marks the inbox
-entries done, pulls the intent off ``_rf`` and, last, releases the lease. Every write in (2) is
-idempotent, so a crash anywhere loses nothing and duplicates nothing: an intent left on ``_rf`` is
-rolled forward by the next :meth:`MongoConversations.acquire` of that conversation or by
-:meth:`MongoStepLog.recover`. Consent events (rare) add a chain-head read and an insert.
+**Committing a step** (:meth:`MongoStepLog.commit`) is one multi-document transaction of two round
+trips: one ordered client-level ``bulkWrite`` (the guarded head update first, then history,
+transcript, consent and inbox writes) and ``commitTransaction``. The transaction needs a replica set
+(one node is enough; SecantusDB reports one): :meth:`MongoStore.open` refuses a standalone server.
+``docs/architecture.md`` has the measurements behind this choice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import itertools
@@ -38,7 +36,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.codec_options import CodecOptions
-from pymongo import ReturnDocument, UpdateMany, UpdateOne
+from pymongo import InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ClientBulkWriteException,
@@ -46,6 +44,7 @@ from pymongo.errors import (
     ConnectionFailure,
     DuplicateKeyError,
     InvalidURI,
+    OperationFailure,
     PyMongoError,
 )
 from pymongo.operations import IndexModel
@@ -78,6 +77,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CLIENT_BULK_WIRE_VERSION = 25  # MongoDB 8.0: the client-level ``bulkWrite`` command
 CHAIN_ATTEMPTS = 20
 CLAIM_ROUNDS = 3
+TRANSACTION_ATTEMPTS = 4
+WRITE_CONFLICT = 112
 DUPLICATE_KEY = 11000
 
 
@@ -300,9 +301,8 @@ class MongoInbox(Inbox):
 
 
 class MongoConversations(Conversations):
-    def __init__(self, db: _Db, steps: MongoStepLog) -> None:
+    def __init__(self, db: _Db) -> None:
         self._c = db[ix.CONVERSATIONS]
-        self._steps = steps
 
     async def acquire(self, key: str, owner: str, now: datetime, lease_seconds: float) -> Lease:
         free = {"$or": [{"lease": None}, {"lease.until": {"$lte": now}}, {"lease.owner": owner}]}
@@ -317,8 +317,6 @@ class MongoConversations(Conversations):
                 )
             except DuplicateKeyError:
                 return Lease(acquired=False, conversation=None)  # the head exists and is leased
-        if doc.get("_rf"):
-            await self._steps.finish(key, doc["_rf"])
         return Lease(acquired=True, conversation=_conversation(doc))
 
     async def release(self, key: str, owner: str) -> None:
@@ -378,114 +376,107 @@ class MongoConversations(Conversations):
 class MongoStepLog(StepLog):
     def __init__(self, db: _Db, ledger: MongoLedger) -> None:
         self._db = db
-        self._heads = db[ix.CONVERSATIONS]
         self._steps = db[ix.STEPS]
-        self._transcript = db[ix.TRANSCRIPT]
-        self._inbox = db[ix.INBOX]
         self._ledger = ledger
 
     async def commit(
         self, step: Step, owner: str, lease_seconds: float = 30.0, release: bool = True
     ) -> list[str]:
-        """Commit ``step`` (see :meth:`StepLog.commit`) in two round trips.
+        """Commit ``step`` (see :meth:`StepLog.commit`) as one multi-document transaction.
 
-        1. The commit point: one update of the head, guarded by ``version == seq - 1`` and
-           ``lease.owner == owner``, that writes the new head (with ``consumed``, the ids of the inbox
-           entries this step used), extends the lease to ``step.at + lease_seconds`` and pushes the
-           roll-forward intent (history record, transcript entries, consent drafts, inbox ids) onto
-           ``_rf``. No match: :class:`StaleVersion`, nothing written.
-        2. The roll-forward: one ordered client ``bulkWrite`` of idempotent writes — history record
-           and transcript entries upserted with ``$setOnInsert`` under ids derived from the step,
-           inbox entries marked done, the intent pulled, and, last, the lease released (``release``).
-           Consent drafts are chained first (chain-head read + insert, ids derived from the step).
+        Two round trips: one ordered client-level ``bulkWrite`` inside the transaction — the head
+        update guarded by ``version == seq - 1`` and ``lease.owner == owner`` (which also releases
+        or extends the lease), the history record, the transcript entries, the consent records and
+        the inbox entries marked done — then ``commitTransaction``. When the guard matches nothing
+        the transaction is aborted and :class:`StaleVersion` raised; a write conflict with another
+        transaction is retried a few times (the retry then meets the guard if the head moved).
+        Consent events (rare) add one chain-head read per subject inside the transaction.
 
-        Marking the inbox entries done is part of step 2 but the contract lets it lag: a dispatcher
-        already skips pending entries listed in the head's ``consumed``. If step 2 fails the step
-        stands (``StoreUnavailable`` is raised) and its intent is finished by the next ``acquire`` of
-        the conversation or by :meth:`recover` once ``step.at + lease_seconds`` has passed; the
-        outbound entries are then claimable by the outbox when that lease ends.
+        A crash or lost connection before the commit leaves nothing (the inbox entry stays pending
+        and is processed again); after it, everything. An unknown commit outcome raises
+        :class:`StoreUnavailable`: the caller reloads the head, whose ``consumed`` list tells whether
+        the step landed, so nothing is applied twice. The inbox entries are marked done in the same
+        transaction, so they never lag here.
         """
         conv = step.conversation
         if conv.version != step.seq:
             raise ValueError(f"step.conversation.version: {conv.version} is not step.seq {step.seq}")
         until = step.at + timedelta(seconds=lease_seconds)
         entries = self.entries(step)
-        docs = [_entry_doc(e, pos) for pos, e in enumerate(entries)]
+        docs = [{"_id": e.id, **_entry_doc(e, pos)} for pos, e in enumerate(entries)]
         for doc in docs:
             if doc["dir"] == "out":
-                doc["lease"] = {"owner": owner, "until": until}
-                doc["queue_at"] = until
-        intent: Doc = {
-            "seq": step.seq,
-            "due": until,
-            "owner": owner,
-            "release": release,
-            "record": StepRecord.of(step).to_doc(),
-            "entries": [{"_id": e.id, **d} for e, d in zip(entries, docs, strict=True)],
-            "consent": [{"_id": f"{step.id}/consent/{i}", "event": d.to_doc()} for i, d in enumerate(step.consent)],
-            "inbox": list(step.inbox_ids),
-        }
+                doc |= {"lease": {"owner": owner, "until": until}, "queue_at": until}
+        head: Doc = {"$set": _head_doc(conv)}
+        if release:
+            head["$unset"] = {"lease": ""}
+        else:
+            head["$set"]["lease"] = {"owner": owner, "until": until}
+        writes: list[tuple[str, Any]] = [
+            (ix.CONVERSATIONS, UpdateOne({"_id": conv.key, "version": step.seq - 1, "lease.owner": owner}, head)),
+            (ix.STEPS, InsertOne({"_id": step.id, **StepRecord.of(step).to_doc()})),
+            *((ix.TRANSCRIPT, InsertOne(doc)) for doc in docs),
+        ]
+        if step.inbox_ids:
+            done = {"$set": {"done": True, "done_at": step.at}}
+            writes.append((ix.INBOX, UpdateMany({"_id": {"$in": list(step.inbox_ids)}, "done": False}, done)))
+        consent = [(f"{step.id}/consent/{i}", d) for i, d in enumerate(step.consent)]
         with translated("steps.commit"):
-            result = await self._heads.update_one(
-                {"_id": conv.key, "version": step.seq - 1, "lease.owner": owner},
-                {"$set": {**_head_doc(conv), "lease": {"owner": owner, "until": until}}, "$push": {"_rf": intent}},
-            )
-        if result.matched_count == 0:
-            raise StaleVersion(
-                f"conversation {conv.key!r}: not at version {step.seq - 1} or lease not held by {owner!r}"
-            )
-        try:
-            await self._roll_forward(conv.key, intent, committer=True)
-        except StoreError as exc:
-            raise StoreUnavailable(
-                f"steps.commit: step {step.id} is committed; the rest is rolled forward later ({exc})"
-            ) from exc
+            for attempt in range(TRANSACTION_ATTEMPTS):
+                try:
+                    await self._transaction(conv.key, writes, consent)
+                    break
+                except _Retry:
+                    if attempt == TRANSACTION_ATTEMPTS - 1:
+                        raise StaleVersion(f"conversation {conv.key!r}: kept conflicting with other writers") from None
+                    await asyncio.sleep(0.005 * (attempt + 1))
         return [e.id for e in entries if e.direction == "out"]
 
-    async def finish(self, key: str, intents: Sequence[Doc]) -> int:
-        """Roll forward ``intents`` found on the head of ``key`` (oldest first)."""
-        for intent in sorted(intents, key=lambda i: i["seq"]):
-            await self._roll_forward(key, intent, committer=False)
-        return len(intents)
+    async def _transaction(
+        self, key: str, writes: list[tuple[str, Any]], consent: list[tuple[str, ConsentEventDraft]]
+    ) -> None:
+        session = await _maybe_await(self._db.client.start_session())
+        try:
+            await _maybe_await(session.start_transaction())
+            ops = writes + [(ix.CONSENT, InsertOne(doc)) for doc in await self._ledger.chained(consent, session)]
+            try:
+                matched = await self._write(ops, session)
+            except (ClientBulkWriteException, BulkWriteError, OperationFailure) as exc:
+                await _maybe_await(session.abort_transaction())
+                if _conflict(exc):
+                    raise _Retry from exc
+                if _head_missed(exc):
+                    matched = 0
+                else:
+                    raise
+            if not matched:
+                with contextlib.suppress(PyMongoError):
+                    await _maybe_await(session.abort_transaction())
+                raise StaleVersion(f"conversation {key!r}: not at the expected version, or lease not held")
+            try:
+                await session.commit_transaction()
+            except OperationFailure as exc:
+                if _conflict(exc):
+                    raise _Retry from exc
+                raise
+        finally:
+            await _maybe_await(session.end_session())
 
-    async def recover(self, now: datetime, limit: int = 100) -> int:
-        with translated("steps.recover"):
-            cursor = self._heads.find({"_rf.due": {"$lte": now}}, projection={"_rf": 1})
-            docs = await _to_list(cursor.limit(limit))
-        done = 0
-        for doc in docs:
-            done += await self.finish(doc["_id"], [i for i in doc["_rf"] if i["due"] <= now])
-        return done
-
-    async def _roll_forward(self, key: str, intent: Doc, committer: bool) -> None:
-        """Write what ``intent`` records, idempotently, then drop it from the head."""
-        if intent["consent"]:
-            drafts = [(c["_id"], ConsentEventDraft.from_doc(c["event"])) for c in intent["consent"]]
-            await self._ledger.append_identified(drafts, maybe_written=not committer)
-        record = intent["record"]
-        ops: list[tuple[str, type[UpdateOne] | type[UpdateMany], Doc, Doc, bool]] = [
-            (ix.STEPS, UpdateOne, {"_id": f"{key}#{intent['seq']}"}, {"$setOnInsert": record}, True)
-        ]
-        for entry in intent["entries"]:
-            body = {k: v for k, v in entry.items() if k != "_id"}
-            ops.append((ix.TRANSCRIPT, UpdateOne, {"_id": entry["_id"]}, {"$setOnInsert": body}, True))
-        if intent["inbox"]:
-            done = {"$set": {"done": True, "done_at": record["at"]}}
-            ops.append((ix.INBOX, UpdateMany, {"_id": {"$in": intent["inbox"]}, "done": False}, done, False))
-        ops.append((ix.CONVERSATIONS, UpdateOne, {"_id": key}, {"$pull": {"_rf": {"seq": intent["seq"]}}}, False))
-        if committer and intent["release"]:
-            lease = {"_id": key, "lease.owner": intent["owner"]}
-            ops.append((ix.CONVERSATIONS, UpdateOne, lease, {"$unset": {"lease": ""}}, False))
-        with translated("steps.roll_forward"):
-            if self._db.client_bulk:
-                await self._db.client.bulk_write(
-                    [kind(f, u, upsert=up, namespace=self._db.ns(c)) for c, kind, f, u, up in ops], ordered=True
-                )
-                return
-            # Servers before MongoDB 8.0: one command per collection, in the same order.
-            for collection, group in itertools.groupby(ops, key=lambda op: op[0]):
-                batch = [kind(f, u, upsert=up) for _, kind, f, u, up in group]
-                await self._db[collection].bulk_write(batch, ordered=True)
+    async def _write(self, ops: list[tuple[str, Any]], session: Any) -> int:
+        """Run ``ops`` in order inside ``session``'s transaction; returns how many heads matched."""
+        if self._db.client_bulk:
+            models = [_with_namespace(op, self._db.ns(c)) for c, op in ops]
+            result = await self._db.client.bulk_write(models, session=session, ordered=True, verbose_results=True)
+            return int(result.update_results[0].matched_count)
+        # Servers before MongoDB 8.0: one command per collection, in the same order.
+        matched = 0
+        for position, (collection, group) in enumerate(itertools.groupby(ops, key=lambda op: op[0])):
+            result = await self._db[collection].bulk_write([op for _, op in group], ordered=True, session=session)
+            if position == 0:
+                matched = int(result.matched_count)
+                if not matched:
+                    break
+        return matched
 
     async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
         with translated("steps.history"):
@@ -495,6 +486,55 @@ class MongoStepLog(StepLog):
     async def delete(self, key: str) -> int:
         with translated("steps.delete"):
             return int((await self._steps.delete_many({"key": key})).deleted_count)
+
+
+class _Retry(Exception):
+    """The transaction met a write conflict (or a consent chain moved): run it again."""
+
+
+def _with_namespace(op: Any, namespace: str) -> Any:
+    """A copy of a write model that names its collection (what a client-level bulkWrite needs)."""
+    if isinstance(op, InsertOne):
+        return InsertOne(op._doc, namespace=namespace)
+    if isinstance(op, UpdateOne):
+        return UpdateOne(op._filter, op._doc, upsert=bool(op._upsert), namespace=namespace)
+    return UpdateMany(op._filter, op._doc, upsert=bool(op._upsert), namespace=namespace)
+
+
+def _codes(exc: PyMongoError) -> list[int]:
+    """Error codes of a failed (bulk) write: the command's and every write error's."""
+    codes: list[int] = []
+    details: Any = getattr(exc, "details", None) or {}
+    if isinstance(exc, ClientBulkWriteException) and isinstance(exc.error, OperationFailure):
+        codes.append(int(exc.error.code or 0))
+    if isinstance(exc, OperationFailure) and exc.code is not None:
+        codes.append(int(exc.code))
+    codes += [int(e.get("code", 0)) for e in (details.get("writeErrors") or [])]
+    return codes
+
+
+def _conflict(exc: PyMongoError) -> bool:
+    """A write conflict between transactions, or another append taking a consent seq first."""
+    inner = exc.error if isinstance(exc, ClientBulkWriteException) else None
+    if isinstance(inner, PyMongoError) and inner.has_error_label("TransientTransactionError"):
+        return True
+    if exc.has_error_label("TransientTransactionError"):
+        return True
+    codes = _codes(exc)
+    if WRITE_CONFLICT in codes:
+        return True
+    errors: list[Doc] = (getattr(exc, "details", None) or {}).get("writeErrors") or []
+    return any(e.get("code") == DUPLICATE_KEY and "subject" in (e.get("keyPattern") or {}) for e in errors)
+
+
+def _head_missed(exc: PyMongoError) -> bool:
+    """A duplicate step or transcript id: someone committed this seq first (the head guard missed)."""
+    return DUPLICATE_KEY in _codes(exc)
+
+
+async def _maybe_await(value: Any) -> Any:
+    """Session calls are coroutines in PyMongo's async API and plain calls in Motor (or vice versa)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 class MongoTranscript(Transcript):
@@ -624,46 +664,43 @@ class MongoLedger(ConsentLedger):
         self._c = db[ix.CONSENT]
 
     async def append(self, events: Sequence[Any]) -> list[ConsentRecord]:
-        return await self.append_identified([(uuid.uuid4().hex, e) for e in events], maybe_written=False)
-
-    async def append_identified(
-        self, drafts: Sequence[tuple[str, ConsentEventDraft]], maybe_written: bool
-    ) -> list[ConsentRecord]:
-        """Chain and insert drafts under the given ids, in order. Ids already stored are kept as they
-        are (``maybe_written``: look for them first; a retry always looks), so a replay appends
-        nothing twice. A concurrent append to the same subject makes the insert collide on
-        (subject, seq): re-read the chain head and try again."""
-        drafts = [(i, ConsentEventDraft.from_doc(_ms_doc(d.to_doc()))) for i, d in drafts]
-        done: dict[str, ConsentRecord] = {}
-        for subject in dict.fromkeys(d.subject for _, d in drafts):
-            mine = [(i, d) for i, d in drafts if d.subject == subject]
-            for attempt in range(CHAIN_ATTEMPTS):
-                with translated("ledger.append"):
-                    if maybe_written or attempt:
-                        stored = await _to_list(self._c.find({"_id": {"$in": [i for i, _ in mine]}}))
-                        done |= {d["_id"]: ConsentRecord.from_doc(d) for d in stored}
-                    todo = [(i, d) for i, d in mine if i not in done]
-                    if not todo:
-                        break
-                    head_doc = await self._c.find_one({"subject": subject}, sort=[("seq", -1)])
-                    head = None if head_doc is None else ConsentRecord.from_doc(head_doc)
-                    fresh: list[tuple[str, ConsentRecord]] = []
-                    for entry_id, draft in todo:
-                        head = chain(head, draft)
-                        fresh.append((entry_id, head))
-                    try:
-                        await self._c.insert_many(
-                            [{"_id": i, "subject": subject, **r.to_doc()} for i, r in fresh], ordered=True
-                        )
-                    except BulkWriteError as exc:
-                        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
-                            raise
-                        continue
-                    done |= dict(fresh)
+        """Chain after each subject's head and insert in order. Another append that takes a seq first
+        makes the insert collide on (subject, seq): what was inserted stays, the rest is chained again
+        after the new head."""
+        todo: list[tuple[str, ConsentEventDraft]] = [(uuid.uuid4().hex, e) for e in events]
+        done: list[ConsentRecord] = []
+        with translated("ledger.append"):
+            for _ in range(CHAIN_ATTEMPTS):
+                if not todo:
                     break
-            else:
-                raise StoreUnavailable(f"ledger.append: the chain of {subject!r} kept moving; try again")
-        return [done[i] for i, _ in drafts]
+                docs = await self.chained(todo)
+                try:
+                    await self._c.insert_many(docs, ordered=True)
+                    inserted = len(docs)
+                except BulkWriteError as exc:
+                    if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
+                        raise
+                    inserted = int(exc.details.get("nInserted", 0))
+                done += [ConsentRecord.from_doc(d) for d in docs[:inserted]]
+                todo = todo[inserted:]
+        if todo:
+            raise StoreUnavailable("ledger.append: a consent chain kept moving under concurrent appends; try again")
+        return done
+
+    async def chained(self, drafts: Sequence[tuple[str, ConsentEventDraft]], session: Any = None) -> list[Doc]:
+        """Documents for ``(id, draft)`` pairs chained after each subject's current head (read in
+        ``session``). Times are cut to milliseconds first, so a hash survives the round trip."""
+        heads: dict[str, ConsentRecord | None] = {}
+        docs: list[Doc] = []
+        for entry_id, original in drafts:
+            draft = ConsentEventDraft.from_doc(_ms_doc(original.to_doc()))
+            if draft.subject not in heads:
+                head = await self._c.find_one({"subject": draft.subject}, sort=[("seq", -1)], session=session)
+                heads[draft.subject] = None if head is None else ConsentRecord.from_doc(head)
+            record = chain(heads[draft.subject], draft)
+            heads[draft.subject] = record
+            docs.append({"_id": entry_id, "subject": draft.subject, **record.to_doc()})
+        return docs
 
     async def history(self, subject: str) -> list[ConsentRecord]:
         with translated("ledger.history"):
@@ -699,7 +736,7 @@ class MongoStore(Store):
         self.inbox = MongoInbox(self._db)
         self.ledger = MongoLedger(self._db)
         self.steps = MongoStepLog(self._db, self.ledger)
-        self.conversations = MongoConversations(self._db, self.steps)
+        self.conversations = MongoConversations(self._db)
         self.transcript = MongoTranscript(self._db)
 
     @classmethod
@@ -728,6 +765,12 @@ class MongoStore(Store):
     async def open(self) -> None:
         with translated("store.open"):
             hello = await self._db.db.command("hello")
+            if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+                raise ConfigError(
+                    "MONGODB_URI",
+                    "the server is a standalone mongod; a step commits in a transaction, which needs a replica "
+                    "set (one node is enough: start mongod with --replSet rs0 and run rs.initiate())",
+                )
             self._db.client_bulk = (
                 int(hello.get("maxWireVersion", 0)) >= CLIENT_BULK_WIRE_VERSION
                 and hasattr(self._db.client, "bulk_write")

@@ -266,10 +266,6 @@ class StoreContract:
         assert [r.state for r in await store.steps.history(conv.key, after_seq=2, limit=2)] == ["s3", "s4"]
         assert await store.steps.history("1000:other") == []
 
-    async def test_recover_finds_nothing_after_clean_commits(self, store: Store) -> None:
-        await first_commit(store, conversation(), outs=(outbound("x"),))
-        assert await store.steps.recover(at(3600)) == 0
-
     # --- consent ---------------------------------------------------------------------------------
     async def test_consent_chain_per_subject_across_steps_and_appends(self, store: Store) -> None:
         conv = conversation()
