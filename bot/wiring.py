@@ -16,9 +16,20 @@ import uuid
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from bot.errors import ConfigError, StoreError
+from bot.runtime.dispatcher import Dispatcher
+from bot.runtime.flows import FlowDecider
+from bot.runtime.inbox import InboxWriter
+from bot.runtime.metrics import Metrics
+from bot.runtime.outbox import Sender
+from bot.runtime.privacy import PrivacyService
+from bot.runtime.scheduler import Poller
+from bot.runtime.services import Services
 from bot.settings import Settings
 from bot.store.base import Store
+from bot.store.privacy import PrivacyStore
 
 log = logging.getLogger("consentbot.wiring")
 
@@ -75,3 +86,118 @@ def process_owner() -> str:
 async def close_quietly(stack: AsyncExitStack) -> None:
     with contextlib.suppress(Exception):
         await stack.aclose()
+
+
+async def open_privacy(settings: Settings, store: Store, stack: AsyncExitStack) -> PrivacyStore:
+    """The privacy stores (notices, suppression, blocked proof, requests, restrictions) on the same
+    database as ``store``, with the retention TTL indexes set to the configured values."""
+    database = getattr(store, "database", None)
+    if database is None:
+        from bot.store.privacy_memory import MemoryPrivacyStore
+
+        memory = MemoryPrivacyStore()
+        await memory.open()
+        return memory
+    from bot.store.privacy_mongo import MongoPrivacyStore, apply_store_retention
+
+    privacy = MongoPrivacyStore(database)
+    await privacy.open()
+    await apply_store_retention(database, settings.project.retention)
+    return privacy
+
+
+def _sandbox_redirect(app: web.Application) -> None:
+    async def to_phone(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/sandbox/")
+
+    app.router.add_get("/sandbox", to_phone)
+
+
+async def build_services(
+    settings: Settings, stack: AsyncExitStack, *, store_kind: str = "mongo", base_url: str = "http://127.0.0.1:8080"
+) -> Services:
+    """Wire one process: store, privacy, flows, Graph client (or the sandbox), runtime and web parts.
+
+    ``base_url`` is where this process is reachable (the sandbox posts webhooks to it). Background
+    parts are registered on ``services.background``; the caller starts and stops them."""
+    from bot.runtime.catalog import load_catalog
+    from bot.web.webhook import WebhookStats, add_webhook_routes
+    from bot.whatsapp.client import GraphClient, make_session
+
+    catalog = load_catalog(settings.project_dir, settings.project)
+    store = await open_store(settings, stack, store_kind)
+    privacy_store = await open_privacy(settings, store, stack)
+    project = settings.project
+    metrics = Metrics()
+    services = Services(settings=settings, store=store, metrics=metrics)
+    if store_kind == "memory":
+        services.store_label = "memory (nothing persists)"
+    elif settings.mongodb_uri is None:
+        services.store_label = "embedded MongoDB-wire server"
+    else:
+        services.store_label = f"MongoDB at {describe_uri(settings.mongodb_uri)}"
+
+    session = make_session()
+    stack.push_async_callback(session.close)
+    graph_url = settings.graph_url or f"{base_url}/sandbox/graph"
+    rate = max((n.rate_per_second for n in settings.numbers), default=80.0)
+    client = GraphClient(
+        session,
+        base_url=graph_url,
+        api_version=settings.api_version,
+        access_token=settings.access_token.reveal(),
+        rate_per_second=rate,
+    )
+    privacy = PrivacyService(store, privacy_store, project, settings.deployment_secret.reveal().encode())
+    owner = process_owner()
+    sender = Sender(store, client, project, metrics, owner, is_suppressed=privacy.is_suppressed)
+    decider = FlowDecider(catalog, project, {n.phone_number_id: n.flow for n in settings.numbers})
+    dispatcher = Dispatcher(
+        store,
+        decider,
+        sender,
+        metrics,
+        owner,
+        on_request=privacy.handle_request,
+        on_notices=privacy.register_notices,
+    )
+    sender.notify = dispatcher.notify
+    poller = Poller(store, dispatcher, sender, owner)
+    services.background.extend([dispatcher, poller])
+    services.components.update(
+        catalog=catalog, client=client, privacy=privacy, privacy_store=privacy_store, sender=sender,
+        dispatcher=dispatcher, poller=poller, owner=owner,
+    )  # fmt: skip
+
+    stats = WebhookStats()
+    services.components["webhook_stats"] = stats
+    writer = InboxWriter(store.inbox, metrics, dispatcher.notify)
+
+    def webhook(app: web.Application) -> None:
+        add_webhook_routes(
+            app,
+            verify_token=settings.verify_token.reveal(),
+            app_secret=settings.app_secret.reveal(),
+            sink=writer,
+            known_numbers=lambda pnid: settings.number(pnid) is not None,
+            stats=stats,
+        )
+
+    services.web_extensions.append(webhook)
+    if settings.sandbox:
+        from bot.whatsapp.simulator import create_simulator_app
+
+        simulator = create_simulator_app(
+            app_secret=settings.app_secret.reveal(),
+            webhook_url=f"{base_url}/webhook",
+            access_token=settings.access_token.reveal(),
+            phone_numbers={n.phone_number_id: n.display_number or n.phone_number_id for n in settings.numbers},
+        )
+        services.components["simulator"] = simulator
+
+        def sandbox(app: web.Application) -> None:
+            app.add_subapp("/sandbox", simulator)
+            _sandbox_redirect(app)
+
+        services.web_extensions.append(sandbox)
+    return services

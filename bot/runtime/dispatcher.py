@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from bot import logs
 from bot.core.conversation import Cause, Conversation, Step, Timer
@@ -56,6 +57,7 @@ class Dispatcher:
         queue_size: int = 10_000,
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,
+        on_notices: Callable[[Sequence[Any]], Awaitable[object]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -65,6 +67,7 @@ class Dispatcher:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.on_request = on_request
+        self.on_notices = on_notices
         self.clock = clock
         self._queue: asyncio.Queue[str | TimerWork] = asyncio.Queue(queue_size)
         self._queued: set[str | TimerWork] = set()
@@ -235,6 +238,8 @@ class Dispatcher:
             consent=turn.consent,
             inbox_ids=inbox_ids,
         )
+        if turn.notices and self.on_notices is not None:
+            await self.on_notices(turn.notices)  # the texts the consent events hash, stored first
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
         self.metrics.steps.inc(cause=str(cause))
         self.processed += 1
