@@ -39,12 +39,14 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
+from bot.core import diagram
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation
 from bot.core.flowspec import FlowSpec
 from bot.core.project import Controller
 from bot.core.proof import ChainCheck, build_receipt, verify_chain
 from bot.errors import BotError, NotFound, StoreError
+from bot.runtime.catalog import Catalog
 from bot.runtime.desk import Desk, DeskRefused
 from bot.runtime.services import Services
 from bot.store.accounts import AccountStore, AuditEntry, AuditQuery, Session
@@ -76,6 +78,53 @@ class PrivacyActions(Protocol):
     async def verify(self, subject: str) -> ChainCheck: ...
 
 
+class PrivacyServiceLike(Protocol):
+    """What :class:`PrivacyServiceActions` needs of ``bot.runtime.privacy.PrivacyService``."""
+
+    async def export(self, subject: str, actor: str = ...) -> dict[str, Any]: ...
+    async def erase(self, subject: str, actor: str) -> Any: ...
+    async def restrict(self, subject: str, actor: str) -> Any: ...
+    async def receipt(self, subject: str) -> dict[str, Any]: ...
+    async def verify(self, subject: str | None = None) -> list[ChainCheck]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyServiceActions:
+    """Adapts ``bot.runtime.privacy.PrivacyService`` to :class:`PrivacyActions` (the acting
+    officer's name goes to the data-subject request records)."""
+
+    service: PrivacyServiceLike
+
+    async def export(self, subject: str, actor: Principal) -> dict[str, Any]:
+        return await self.service.export(subject, actor=actor.name)
+
+    async def erase(self, subject: str, actor: Principal) -> dict[str, Any]:
+        report = await self.service.erase(subject, actor.name)
+        doc = report.to_doc()
+        deleted = doc.get("deleted", {})
+        out: dict[str, Any] = {"request": doc.get("request_id", ""), "erased at": doc.get("erased_at", "")}
+        out["conversations deleted"] = len(deleted.get("conversations", []))
+        out["messages deleted"] = deleted.get("transcript_entries", 0)
+        out["history records deleted"] = deleted.get("history_records", 0)
+        for i, kept in enumerate(doc.get("kept", []), 1):
+            until = f" until {kept['until']}" if kept.get("until") else ""
+            out[f"kept ({i})"] = f"{kept['what']}{until}: {kept['why']}"
+        out["answer for the customer"] = report.summary()
+        return out
+
+    async def restrict(self, subject: str, actor: Principal) -> dict[str, Any]:
+        request = await self.service.restrict(subject, actor.name)
+        return {"request": request.id, "status": str(request.status),
+                "conversations restricted": len(request.result.get("conversations", []))}
+
+    async def receipt(self, subject: str) -> dict[str, Any]:
+        return await self.service.receipt(subject)
+
+    async def verify(self, subject: str) -> ChainCheck:
+        checks = await self.service.verify(subject)
+        return checks[0] if checks else verify_chain([], subject)
+
+
 @dataclass(frozen=True, slots=True)
 class FlowVersion:
     """One flow version as the flows page shows it: its states in order and its diagram (an SVG
@@ -103,6 +152,14 @@ def flow_versions(specs: Sequence[FlowSpec], diagram: Callable[[FlowSpec], str] 
                 drawing = f"(diagram unavailable: {exc})"
         out.append(FlowVersion(spec.id, spec.version, tuple(spec.states), drawing, spec.description))
     return out
+
+
+def catalog_flows(catalog: Catalog) -> FlowSource:
+    """The flows page's source for a loaded flow catalog: every version of every flow with its SVG
+    diagram (``bot.core.diagram.svg``), drawn once here, at start."""
+    specs = [v.spec for family in catalog.flows.values() for v in family.versions.values()]
+    drawn = flow_versions(sorted(specs, key=lambda s: (s.id, s.version)), diagram.svg)
+    return lambda: drawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +264,7 @@ class Console:
 
     # --- audit -------------------------------------------------------------------------------------
     async def audit(
-        self, request: web.Request, action: str, target: str = "", outcome: str = "ok", **detail: Any
+        self, request: web.Request, action: str, /, target: str = "", outcome: str = "ok", **detail: Any
     ) -> None:
         viewer = request.get(VIEWER)
         entry = AuditEntry(
@@ -714,7 +771,8 @@ async def _privacy(request: web.Request, confirm: bool) -> web.StreamResponse:
         await console.audit(request, f"privacy.{action}", key, outcome="failed", error=type(exc).__name__)
         return console.page(request, "error.html", status=500, title=f"{action.capitalize()} failed",
                             message=str(exc))
-    await console.audit(request, f"privacy.{action}", key, **{k: str(v) for k, v in result.items()})
+    summary = {k.replace(" ", "_"): str(v) for k, v in result.items() if not k.startswith("answer")}
+    await console.audit(request, f"privacy.{action}", key, result=summary)
     return console.page(request, "privacy_done.html", title=f"{action.capitalize()} done", action=action,
                         key=key, result=result)
 
