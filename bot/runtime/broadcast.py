@@ -10,7 +10,7 @@ One campaign, one run at a time (a run lease on the campaign, renewed by a heart
    restriction, marketing count) and records a recipient per candidate: ``pending`` or ``excluded``
    with the reason. Nothing is loaded whole: memory stays flat as the audience grows;
 3. **sends**: leases pending recipients in small batches, paces them evenly at ``rate`` messages per
-   second (a GCRA with no burst, in front of the Graph client's own per-number pacer) and, for each,
+   second (:class:`CampaignClient`, in front of the Graph client's own per-number pacer) and, for each,
    reloads the conversation, renders the parameters, queues the outbox entry
    ``f"broadcast:{campaign}:{subject}"`` (:meth:`Transcript.add_outbound`, idempotent), claims it and
    hands it to :class:`~bot.runtime.outbox.Sender`, which asks the send gate again (a customer who
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -278,16 +279,27 @@ class CampaignReceipts:
             )
 
 
+SEND_SLOT: contextvars.ContextVar[float | None] = contextvars.ContextVar("campaign_send_slot", default=None)
+"""The monotonic time this worker's next Graph request may start (set by the run's worker)."""
+SLOT_LEAD = 0.1  # a worker starts its database work this long before its slot
+
+
 @dataclass(frozen=True, slots=True)
 class _Adopted:
     wamid: str
 
 
-class ReceiptAwareClient:
-    """The Graph client as the campaign's Sender sees it: when a send's outcome is unknown (timeout
-    after the request was written), wait up to ``wait`` seconds for a receipt naming the entry; a
-    receipt means Meta accepted it (its wamid is the result), none means the error stands and the
-    Sender re-queues the entry."""
+class CampaignClient:
+    """The Graph client as the campaign's Sender sees it.
+
+    - **Even pacing**: the run's worker reserved this send's slot on a GCRA with no burst (one every
+      ``1/rate`` seconds) before doing its database work; the request waits here for that exact slot,
+      so requests reach the Graph API evenly spaced (the Graph client's own per-number pacer still
+      applies on top).
+    - **Lost answers**: when a send's outcome is unknown (timeout after the request was written), wait
+      up to ``wait`` seconds for a receipt naming the entry; a receipt means Meta accepted it (its wamid
+      is the result), none means the error stands and the Sender re-queues the entry.
+    """
 
     def __init__(self, client: SendsMessages, broadcasts: Broadcasts, wait: float, poll: float = 0.25) -> None:
         self.client = client
@@ -296,6 +308,11 @@ class ReceiptAwareClient:
         self.poll = poll
 
     async def send(self, phone_number_id: str, message: Outbound, *, callback_data: str | None = None) -> Accepted:
+        slot = SEND_SLOT.get()
+        if slot is not None:
+            delay = slot - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
         try:
             return await self.client.send(phone_number_id, message, callback_data=callback_data)
         except OutcomeUnknown:
@@ -443,7 +460,7 @@ class _Run:
         self.out_owner = f"broadcast:{campaign.id}"
         self.sender = Sender(
             runner.store,
-            ReceiptAwareClient(runner.client, runner.broadcasts, self.opts.receipt_wait),
+            CampaignClient(runner.client, runner.broadcasts, self.opts.receipt_wait),
             runner.project,
             runner.metrics,
             self.out_owner,
@@ -634,6 +651,11 @@ class _Run:
             item = await self.queue.get()
             self.in_flight += 1
             try:
+                now = time.monotonic()
+                slot = self.pacer.reserve(now)
+                if slot - SLOT_LEAD > now:
+                    await asyncio.sleep(slot - SLOT_LEAD - now)
+                SEND_SLOT.set(slot)
                 if self.halt.is_set() and isinstance(item, Recipient):
                     n = await self.r.broadcasts.release(self.id, [item.subject])
                     self.progress.released(n)
@@ -647,12 +669,6 @@ class _Run:
             finally:
                 self.in_flight -= 1
                 self.queue.task_done()
-
-    async def _pace(self) -> None:
-        now = time.monotonic()
-        start = self.pacer.reserve(now)
-        if start > now:
-            await asyncio.sleep(start - now)
 
     # --- one recipient ---------------------------------------------------------------------------
     async def _finish(self, f: Finish) -> None:
@@ -710,7 +726,6 @@ class _Run:
 
     async def _send(self, rec: Recipient, conv: Conversation, entry: TranscriptEntry) -> None:
         assert entry.outbound is not None
-        await self._pace()
         state = await self.sender.send(entry.id, entry.outbound, conv, entry.attempts)
         await self._after(rec, state, conv)
 
@@ -836,12 +851,12 @@ def graph_error(info: ErrorInfo | None) -> int:
 
 __all__ = [
     "CampaignBusy",
+    "CampaignClient",
     "CampaignError",
     "CampaignNotFound",
     "CampaignReceipts",
     "CampaignRunner",
     "Progress",
-    "ReceiptAwareClient",
     "RunOptions",
     "audience_of",
     "new_campaign",
