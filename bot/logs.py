@@ -70,3 +70,4 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -124,7 +124,8 @@ async def build_services(
     from bot.web.webhook import WebhookStats, add_webhook_routes
     from bot.whatsapp.client import GraphClient, make_session
 
-    catalog = load_catalog(settings.project_dir, settings.project)
+    # Compiling every flow and template is CPU work: keep it off the event loop.
+    catalog = await asyncio.to_thread(load_catalog, settings.project_dir, settings.project)
     store = await open_store(settings, stack, store_kind)
     privacy_store = await open_privacy(settings, store, stack)
     project = settings.project

@@ -47,9 +47,12 @@ SuppressionCheck = Callable[[str], Awaitable[bool]]
 
 
 def age_fact(conversation: Conversation | None) -> bool | None:
-    """The age-gate result the flow recorded (``slots['age_ok']``): True = minor, None = unknown."""
+    """The age-gate result the flow recorded (``slots['minor']`` / ``slots['age_ok']``): True = minor,
+    None = not answered yet."""
     if conversation is None:
         return None
+    if conversation.slots.get("minor") is not None:
+        return bool(conversation.slots["minor"])
     ok = conversation.slots.get("age_ok")
     return None if ok is None else not bool(ok)
 

@@ -46,6 +46,10 @@ class Services:
 
     async def refresh_gauges(self) -> None:
         """Read gauges that need the database (inbox lag) just before ``/metrics`` renders."""
+        stats = self.components.get("webhook_stats")
+        if stats is not None:
+            for result, count in stats.as_dict().items():
+                self.metrics.webhooks.values[(("result", result),)] = float(count)
         try:
             self.metrics.inbox_lag.set(await self.store.inbox.count_pending())
         except Exception:

@@ -1,0 +1,270 @@
+"""One message end to end through the real service: signed webhook -> inbox -> dispatcher -> engine ->
+atomic step -> outbox -> send gate -> Graph API (the sandbox's fake, over HTTP) -> status webhooks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from service_kit import (
+    PNID,
+    Running,
+    post_webhook,
+    preferences_payload,
+    start_service,
+    status_payload,
+    text_payload,
+    wait_until,
+)
+
+from bot.core.consent import Actor, ConsentAction
+from bot.core.conversation import Cause, PurposeState, Step, Timer
+from bot.core.messages import Category, DeliveryStatus, Outbound, OutboundKind, TemplateRef
+from bot.core.proof import suppression_key
+from bot.store.base import OutState
+
+NUMBER = "34600111222"
+KEY = f"{PNID}:{NUMBER}"
+
+
+@pytest.fixture(params=["mongo", "memory"])
+async def service(request: pytest.FixtureRequest, mongo_uri: str, mongo_database: str) -> AsyncIterator[Running]:
+    env = {"MONGODB_URI": mongo_uri, "CONSENTBOT_DATABASE": mongo_database}
+    running = await start_service(env, store_kind=request.param)
+    running.sim.add_customer(NUMBER, "Ana")
+    yield running
+    await running.sim.drain()
+    await running.stop()
+
+
+async def bot_messages(service: Running, n: int) -> list[dict[str, object]]:
+    async def enough() -> bool:
+        return len(service.sim.sent_to(NUMBER)) >= n
+
+    await wait_until(enough, what=f"{n} bot message(s)")
+    return service.sim.sent_to(NUMBER)
+
+
+def last_bot_bubble_id(service: Running) -> str:
+    return [b for b in service.sim.conversation(NUMBER) if b.direction == "bot"][-1].id
+
+
+async def subscribe(service: Running) -> None:
+    """Walk the shipped flow's double opt-in by taps, as the customer would."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    taps = ["consent_yes", "age_yes", "purpose_yes", "purpose_yes", "set_frequency:weekly", "confirm_yes"]
+    for i, tap in enumerate(taps, start=1):
+        await bot_messages(service, i)
+        await service.sim.customer_taps(NUMBER, last_bot_bubble_id(service), tap)
+    await bot_messages(service, len(taps) + 1)
+
+    async def granted() -> bool:
+        head = await service.services.store.conversations.get(KEY)
+        return head is not None and head.granted("offers") and head.state == "subscribed"
+
+    await wait_until(granted, what="consent granted")
+
+
+async def test_text_in_reply_out_and_statuses_recorded(service: Running) -> None:
+    wamid = await service.sim.customer_sends_text(NUMBER, "hola")
+    sent = await bot_messages(service, 1)
+    assert sent[0]["type"] == "interactive"
+    assert "Café Aurora SL" in str(sent[0])  # the first-layer notice names the business
+    store = service.services.store
+
+    async def read() -> bool:
+        entries = await store.transcript.for_conversation(KEY)
+        out = [e for e in entries if e.direction == "out"]
+        return bool(out) and out[0].delivery is DeliveryStatus.READ
+
+    await wait_until(read, what="sent/delivered/read statuses on the transcript")
+    entries = await store.transcript.for_conversation(KEY)
+    assert [e.direction for e in entries] == ["in", "out"]
+    assert entries[0].inbound is not None and entries[0].inbound.id == wamid
+    out = entries[1]
+    assert out.out_state is OutState.ACCEPTED and out.wamid.startswith("wamid.")
+    assert [s for s, _ in out.statuses] == ["sent", "delivered", "read"]
+    history = await store.steps.history(KEY)
+    assert len(history) == 1
+    assert history[0].cause == str(Cause.INBOUND) and history[0].cause_id == wamid
+    assert [(t.source, t.dest) for t in history[0].transitions][-1][1] == "notice"
+    async def drained() -> bool:
+        return await store.inbox.count_pending() == 0
+
+    await wait_until(drained, what="inbox drained")
+
+
+async def test_same_webhook_three_times_gives_one_step_and_one_reply(service: Running) -> None:
+    payload = text_payload(NUMBER, "wamid.DUPLICATE-1", "hola", name="Ana")
+    secret = service.settings.app_secret.reveal()
+    statuses = [await post_webhook(service.base, payload, secret) for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    await bot_messages(service, 1)
+    dispatcher = service.services.components["dispatcher"]
+    await dispatcher.idle()
+    await service.services.components["poller"].tick()
+    await dispatcher.idle()
+    assert len(service.sim.sent_to(NUMBER)) == 1
+    history = await service.services.store.steps.history(KEY)
+    assert [h.cause_id for h in history] == ["wamid.DUPLICATE-1"]
+
+
+async def test_bad_signature_stores_nothing(service: Running) -> None:
+    payload = text_payload(NUMBER, "wamid.FORGED", "hola")
+    assert await post_webhook(service.base, payload, "not-the-secret") == 401
+    assert await service.services.store.inbox.count_pending() == 0
+    assert await service.services.store.conversations.get(KEY) is None
+
+
+async def test_double_opt_in_then_meta_stop_records_withdrawal(service: Running) -> None:
+    await subscribe(service)
+    store = service.services.store
+    chain = await store.ledger.history(NUMBER)
+    confirmed = [r for r in chain if r.event.action is ConsentAction.CONFIRMED]
+    assert {r.event.purpose for r in confirmed} == {"offers", "news"}
+    assert all(r.event.evidence and r.event.evidence.get("message_id", "").startswith("wamid.") for r in confirmed)
+    assert all(r.event.notice_sha256 for r in confirmed)
+
+    status = await post_webhook(service.base, preferences_payload(NUMBER, "stop"), service.settings.app_secret.reveal())
+    assert status == 200
+
+    async def withdrawn() -> bool:
+        head = await store.conversations.get(KEY)
+        return head is not None and not head.granted("offers") and not head.granted("news")
+
+    await wait_until(withdrawn, what="withdrawal after user_preferences stop")
+    chain = await store.ledger.history(NUMBER)
+    meta = [r for r in chain if r.event.action is ConsentAction.WITHDRAWN]
+    assert {r.event.purpose for r in meta} == {"offers", "news"}
+    assert all(r.event.actor is Actor.META for r in meta)
+    # A later resume from Meta never revives consent.
+    await post_webhook(service.base, preferences_payload(NUMBER, "resume"), service.settings.app_secret.reveal())
+    await service.services.components["dispatcher"].idle()
+    head = await store.conversations.get(KEY)
+    assert head is not None and not head.granted("offers")
+
+
+async def test_status_131050_records_withdrawal(service: Running) -> None:
+    await subscribe(service)
+    store = service.services.store
+    out = [e for e in await store.transcript.for_conversation(KEY) if e.direction == "out" and e.wamid]
+    target = out[-1].wamid
+    secret = service.settings.app_secret.reveal()
+    assert await post_webhook(service.base, status_payload(NUMBER, target, "failed", 131050), secret) == 200
+
+    async def withdrawn() -> bool:
+        head = await store.conversations.get(KEY)
+        return head is not None and head.consent["offers"].state is PurposeState.WITHDRAWN
+
+    await wait_until(withdrawn, what="withdrawal after 131050")
+    chain = await store.ledger.history(NUMBER)
+    last = [r for r in chain if r.event.action is ConsentAction.WITHDRAWN]
+    assert last and last[-1].event.actor is Actor.META
+    entry = await store.transcript.by_wamid(target)
+    assert entry is not None and entry.delivery is DeliveryStatus.FAILED
+
+
+async def _gate(service: Running, message: Outbound, entry_id: str) -> tuple[OutState, str]:
+    store = service.services.store
+    sender = service.services.components["sender"]
+    now = datetime.now(UTC)
+    assert await store.transcript.add_outbound(KEY, NUMBER, message, now, "test", entry_id)
+    [claimed] = await store.transcript.claim(sender.owner, now, 30, entry_ids=[entry_id])
+    head = await store.conversations.get(KEY)
+    state = await sender.send(claimed.id, message, head)
+    entries = {e.id: e for e in await store.transcript.for_conversation(KEY)}
+    return state, entries[entry_id].reason
+
+
+async def test_gate_blocks_marketing_without_consent_and_records_why(service: Running) -> None:
+    promo = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="20% off", category=Category.MARKETING, purpose="offers")
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.services.components["dispatcher"].idle()
+    state, reason = await _gate(service, promo, "test:promo-1")
+    assert (state, reason) == (OutState.BLOCKED, "age_unknown")  # the age gate comes first
+    for i, tap in enumerate(["consent_yes", "age_yes"], start=1):
+        await service.sim.customer_taps(NUMBER, last_bot_bubble_id(service), tap)
+        await bot_messages(service, i + 1)
+    await service.services.components["dispatcher"].idle()
+    state, reason = await _gate(service, promo, "test:promo-2")
+    assert (state, reason) == (OutState.BLOCKED, "no_consent")
+    assert len(service.sim.sent_to(NUMBER)) == 3  # nothing more reached the Graph API
+    assert service.services.metrics.gate_blocks.value(reason="no_consent") == 1
+
+
+async def test_gate_outside_the_window_needs_a_template(service: Running) -> None:
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    dispatcher = service.services.components["dispatcher"]
+    await dispatcher.idle()
+    store = service.services.store
+    # Close the window: the customer's last message was 25 hours ago.
+    head = await store.conversations.get(KEY)
+    assert head is not None
+    lease = await store.conversations.acquire(KEY, "test", datetime.now(UTC), 10)
+    assert lease.acquired
+    old = head.evolve(window_opened_at=datetime.now(UTC) - timedelta(hours=25), version=head.version + 1)
+    await store.steps.commit(Step(conversation=old, seq=old.version, at=datetime.now(UTC), cause=Cause.SYSTEM), "test")
+    free_form = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="Are you still there?")
+    state, reason = await _gate(service, free_form, "test:late")
+    assert (state, reason) == (OutState.BLOCKED, "window_closed_no_template")
+    with_template = Outbound(
+        to=NUMBER, kind=OutboundKind.TEXT, body="Are you still there?",
+        fallback=TemplateRef(name="follow_up", language="en"), category=Category.UTILITY,
+    )
+    state, _ = await _gate(service, with_template, "test:late-template")
+    assert state is OutState.ACCEPTED
+    assert service.sim.sent_to(NUMBER)[-1]["type"] == "template"
+
+
+async def test_gate_blocks_suppressed_subject(service: Running) -> None:
+    await subscribe(service)
+    privacy = service.services.components["privacy"]
+    key = suppression_key(privacy.suppression_secret, NUMBER)
+    await privacy.privacy.suppression.add(key, "marketing", datetime.now(UTC))
+    before = len(service.sim.sent_to(NUMBER))
+    promo = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="20% off", category=Category.MARKETING, purpose="offers")
+    state, reason = await _gate(service, promo, "test:promo-suppressed")
+    assert (state, reason) == (OutState.BLOCKED, "suppressed")
+    assert len(service.sim.sent_to(NUMBER)) == before
+
+
+async def test_due_timer_fires_from_the_store(service: Running) -> None:
+    """Timers live on the conversation head in the database: whoever polls fires them (also after a
+    restart, since nothing about them is kept in memory)."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.services.components["dispatcher"].idle()
+    store = service.services.store
+    head = await store.conversations.get(KEY)
+    assert head is not None and head.state == "notice"
+    lease = await store.conversations.acquire(KEY, "test", datetime.now(UTC), 10)
+    assert lease.acquired
+    due = head.evolve(timers=(Timer("no_such_trigger", datetime.now(UTC) - timedelta(seconds=1)),), version=head.version + 1)
+    await store.steps.commit(Step(conversation=due, seq=due.version, at=datetime.now(UTC), cause=Cause.SYSTEM), "test")
+    await service.services.components["poller"].tick()
+
+    async def fired() -> bool:
+        h = await store.conversations.get(KEY)
+        return h is not None and not h.timers
+
+    await wait_until(fired, what="the due timer to fire")
+    history = await store.steps.history(KEY)
+    assert history[-1].cause == str(Cause.TIMER) and history[-1].cause_id == "no_such_trigger"
+
+
+async def test_metrics_expose_the_pipeline(service: Running) -> None:
+    import aiohttp
+
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.services.components["dispatcher"].idle()
+    async with aiohttp.ClientSession() as session, session.get(f"{service.base}/metrics") as response:
+        text = await response.text()
+    assert response.status == 200
+    assert 'consentbot_steps_total{cause="inbound"} 1' in text
+    assert 'consentbot_sends_total{result="accepted"}' in text
+    assert "consentbot_inbox_pending" in text
+    assert 'consentbot_webhooks_total{result="received"}' in text
