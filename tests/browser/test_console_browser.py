@@ -13,14 +13,15 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
@@ -29,21 +30,16 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import Cause, Conversation, PurposeState, PurposeStatus, Step, Transition
 from bot.core.messages import Category, Inbound, InboundKind, Outbound, OutboundKind
-from bot.runtime.catalog import load_catalog
 from bot.runtime.desk import Desk
-from bot.runtime.outbox import Sender
-from bot.runtime.privacy import PrivacyService
-from bot.runtime.services import Services
-from bot.settings import SANDBOX_APP_SECRET, SANDBOX_TOKEN, load_settings
+from bot.settings import load_settings
 from bot.store.accounts import Agent
 from bot.store.accounts_memory import MemoryAccountStore
 from bot.store.memory import MemoryStore
-from bot.store.privacy_memory import MemoryPrivacyStore
 from bot.web import console_auth
 from bot.web.app import create_app
 from bot.web.console import PREFIX, ConsoleOptions, PrivacyServiceActions, add_console, catalog_flows
-from bot.whatsapp.client import GraphClient
-from bot.whatsapp.simulator import SIMULATOR, Simulator, create_simulator_app
+from bot.whatsapp.simulator import SIMULATOR, Simulator
+from bot.wiring import build_services
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -53,6 +49,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 PNID = "100000000000001"
 NUMBER = "34600000012"
 KEY = f"{PNID}:{NUMBER}"
+LIVE = "34611122233"
+LIVE_KEY = f"{PNID}:{LIVE}"
 PASSWORD = "browser-test-password"
 
 pytestmark = [
@@ -115,42 +113,39 @@ async def sign_in(page: Page, base: str, name: str) -> None:
     await expect(page.get_by_role("heading", name="Conversations")).to_be_visible()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world() -> AsyncIterator[World]:
+    """The real process as ``consentbot serve --store memory`` wires it (sandbox mode: the fake Graph
+    API and signed webhooks over loopback HTTP, the dispatcher and the flow engine), plus the console."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     settings = load_settings(ROOT, env={})
-    store = MemoryStore()
-    await store.open()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stack = AsyncExitStack()
+    services = await build_services(settings, stack, store_kind="memory", base_url=base)
+    store = services.store
+    assert isinstance(store, MemoryStore)
     await seed(store)
     accounts = MemoryAccountStore()
     password_hash = await asyncio.to_thread(console_auth.hash_password, PASSWORD)
     for name, role in (("ana", "agent"), ("dpo", "privacy")):
         await accounts.agents.add(Agent(name, role, password_hash, datetime.now(UTC)))
-    catalog = await asyncio.to_thread(load_catalog, ROOT, settings.project)
-    services = Services(settings=settings, store=store)
-    sim_app = create_simulator_app(app_secret=SANDBOX_APP_SECRET, webhook_url="http://127.0.0.1:9/webhook",
-                                   access_token=SANDBOX_TOKEN, phone_numbers={PNID: "15550009999"},
-                                   status_delays=(0.01, 0.02, 0.03))
-    sim = sim_app[SIMULATOR]
-    sim.webhook_attempts = 1
-    sim.add_customer(NUMBER, "Ana García")
-    http = aiohttp.ClientSession()
-    graph = GraphClient(http, base_url="http://placeholder", api_version=settings.api_version,
-                        access_token=SANDBOX_TOKEN, max_retries=0)
-    privacy_store = MemoryPrivacyStore()
-    privacy = PrivacyService(store, privacy_store, settings.project, b"browser-test-secret")
-    sender = Sender(store, graph, settings.project, services.metrics, "browser-process",
-                    is_suppressed=privacy.is_suppressed)
-    desk = Desk(store, sender, "browser-process")
-    services.web_extensions += [
-        lambda app: app.add_subapp("/sandbox", sim_app),
-        lambda app: add_console(app, accounts, desk=desk, privacy=PrivacyServiceActions(privacy),
-                                flows=catalog_flows(catalog), options=ConsoleOptions(stream_poll=0.2)),
-    ]
-    server = TestServer(create_app(services), host="127.0.0.1")
+    parts = services.components
+    desk = Desk(store, parts["sender"], parts["owner"])
+    services.web_extensions.append(
+        lambda app: add_console(app, accounts, desk=desk, privacy=PrivacyServiceActions(parts["privacy"]),
+                                flows=catalog_flows(parts["catalog"]), options=ConsoleOptions(stream_poll=0.2))
+    )
+    server = TestServer(create_app(services), host="127.0.0.1", port=port)
     await server.start_server()
-    base = str(server.make_url("")).rstrip("/")
-    graph._base = f"{base}/sandbox/graph"
+    services.start()
+    sim = parts["simulator"][SIMULATOR]
     profile = Path(tempfile.mkdtemp(prefix="console-chromium-"))
     downloads = Path(tempfile.mkdtemp(prefix="console-downloads-"))
     playwright = await async_playwright().start()
@@ -164,8 +159,9 @@ async def world() -> AsyncIterator[World]:
     finally:
         await context.close()
         await playwright.stop()
+        await services.stop()
         await server.close()
-        await http.close()
+        await stack.aclose()
         shutil.rmtree(profile, ignore_errors=True)
         shutil.rmtree(downloads, ignore_errors=True)
 
@@ -193,42 +189,65 @@ async def test_sign_in_search_and_open_a_transcript(world: World) -> None:
     await expect(page.get_by_text("+34 600 000 012")).to_be_visible()
 
 
+async def wait_for_conversation(store: MemoryStore, key: str) -> Conversation:
+    async with asyncio.timeout(10):
+        while True:
+            head = await store.conversations.get(key)
+            if head is not None:
+                return head
+            await asyncio.sleep(0.05)
+
+
 async def test_a_new_customer_message_arrives_live(world: World) -> None:
+    """The customer writes on the sandbox phone: signed webhook -> inbox -> dispatcher -> flow
+    engine -> store; the open transcript shows the message and the bot's answer without a reload."""
     page = world.page
-    await page.goto(f"{world.base}{PREFIX}/c/{KEY}")
+    world.sim.add_customer(LIVE, "Lucía Live")
+    await world.sim.customer_sends_text(LIVE, "Hola")
+    await wait_for_conversation(world.store, LIVE_KEY)
+    await page.goto(f"{world.base}{PREFIX}/c/{LIVE_KEY}")
     await expect(page.locator("#live.on")).to_be_visible()
-    head = await world.store.conversations.get(KEY)
-    assert head is not None
-    now = datetime.now(UTC)
-    msg = Inbound(id="wamid.live", phone_number_id=PNID, subject=NUMBER, timestamp=int(now.timestamp()),
-                  kind=InboundKind.TEXT, wa_id=NUMBER, text="Can I talk to a person? <b>please</b>")
-    new = head.evolve(version=head.version + 1, updated_at=now, window_opened_at=now, needs_person=True)
-    await commit(world.store, head, new, now, cause_id=msg.id, inbound=(msg,))
-    await expect(page.locator("#timeline").get_by_text("Can I talk to a person? <b>please</b>")).to_be_visible()
-    await expect(page.locator("#flag-person")).to_be_visible()
+    await expect(page.locator("#timeline .k-out").first).to_be_visible()
+    bot_rows = await page.locator("#timeline .k-out").count()
+    await world.sim.customer_sends_text(LIVE, "Una pregunta <b>rápida</b>")
+    await expect(page.locator("#timeline").get_by_text("Una pregunta <b>rápida</b>")).to_be_visible()
+    await expect(page.locator("#timeline .k-out")).not_to_have_count(bot_rows)  # the bot answered, live
     await page.screenshot(path=str(SHOTS / "transcript-live.png"), full_page=True)
 
 
 async def test_take_over_reply_and_hand_back(world: World) -> None:
     page = world.page
+    await expect(page.locator("#flag-paused")).to_be_hidden()
     await page.get_by_role("button", name="Take over").click()
     await expect(page.locator("#reply-text")).to_be_visible()
     await expect(page.locator("#flag-paused")).to_be_visible()
-    await page.get_by_label("Reply as ana").fill("Hola Ana, soy Ana de soporte. ¿En qué te ayudo?")
+    await page.get_by_label("Reply as ana").fill("Hola Lucía, soy Ana de soporte. ¿En qué te ayudo?")
     await page.get_by_role("button", name="Send").click()
     await expect(page.locator("#reply-result")).to_contain_text("Reply sent through the send gate")
-    bodies = [b.get("text", {}).get("body") for b in world.sim.sent_to(NUMBER)]
-    assert bodies == ["Hola Ana, soy Ana de soporte. ¿En qué te ayudo?"]
-    await expect(page.locator(".k-out .by", has_text="agent:ana")).to_have_count(1)
+    bodies = [b.get("text", {}).get("body") for b in world.sim.sent_to(LIVE)]
+    assert bodies[-1] == "Hola Lucía, soy Ana de soporte. ¿En qué te ayudo?"
+    reply_row = page.locator(".k-out", has=page.locator(".by", has_text="agent:ana"))
+    await expect(reply_row).to_have_count(1)
+    # the sandbox's signed status webhooks travel the real path (webhook -> inbox -> dispatcher) and
+    # the row's ticks move forward without a reload
+    await expect(reply_row.locator(".t-delivered, .t-read")).to_be_visible(timeout=10_000)
     await page.screenshot(path=str(SHOTS / "takeover-reply.png"), full_page=True)
+    # while an agent holds the conversation the bot stays quiet
+    before = len(world.sim.sent_to(LIVE))
+    await world.sim.customer_sends_text(LIVE, "Gracias")
+    await expect(page.locator("#timeline").get_by_text("Gracias")).to_be_visible()
+    await asyncio.sleep(0.5)
+    assert len(world.sim.sent_to(LIVE)) == before
     await page.get_by_role("button", name="Hand back to the bot").click()
     await expect(page.get_by_role("button", name="Take over")).to_be_visible()
-    head = await world.store.conversations.get(KEY)
+    await expect(page.locator("#flag-paused")).to_be_hidden()
+    head = await world.store.conversations.get(LIVE_KEY)
     assert head is not None and not head.paused
 
 
 async def test_download_a_consent_receipt(world: World) -> None:
     page = world.page
+    await page.goto(f"{world.base}{PREFIX}/c/{KEY}")
     async with page.expect_download() as info:
         await page.get_by_role("link", name="Download consent receipt (JSON)").click()
     download = await info.value
