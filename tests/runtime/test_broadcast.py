@@ -353,7 +353,10 @@ async def test_opt_outs_and_suppression_mid_campaign_stop_further_messages(env: 
     assert result["accepted"] == 10
 
 
-async def test_paced_evenly_at_the_configured_rate(env: Env) -> None:
+async def test_paced_evenly_at_the_configured_rate(memory_env: Env) -> None:
+    """On the memory store (the database's own latency jitter is not the pacer's: on MongoDB a slow
+    write can delay one request and bunch it with the next)."""
+    env = memory_env
     for i in range(1, 21):
         await env.subscriber(number(i))
     campaign = await env.create(rate=50)
@@ -363,8 +366,8 @@ async def test_paced_evenly_at_the_configured_rate(env: Env) -> None:
     gaps = sorted(b - a for a, b in itertools.pairwise(arrivals))
     assert gaps[len(gaps) // 2] == pytest.approx(0.02, abs=0.004)  # one every 20 ms at 50/s
     spans = [b - a for a, b in zip(arrivals, arrivals[5:], strict=False)]
-    assert min(spans) > 5 * 0.02 * 0.7  # never a burst: any 6 requests span about 100 ms (jitter aside)
-    assert arrivals[-1] - arrivals[2] >= 17 * 0.02 * 0.9  # (the first requests may start late: warm-up)
+    assert min(spans) > 5 * 0.02 * 0.8  # never a burst: any 6 consecutive requests span about 100 ms
+    assert arrivals[-1] - arrivals[0] >= 19 * 0.02 * 0.95
 
 
 async def test_cancel_then_resume_sends_each_recipient_once(env: Env) -> None:
