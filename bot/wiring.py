@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import uuid
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -28,8 +30,10 @@ from bot.runtime.privacy import PrivacyService
 from bot.runtime.scheduler import Poller
 from bot.runtime.services import Services
 from bot.settings import Settings
+from bot.store.accounts import AccountStore
 from bot.store.base import Store
 from bot.store.privacy import PrivacyStore
+from bot.web.console import ConsoleOptions, PrivacyServiceActions, add_console, catalog_flows
 
 log = logging.getLogger("consentbot.wiring")
 
@@ -106,6 +110,38 @@ async def open_privacy(settings: Settings, store: Store, stack: AsyncExitStack) 
     return privacy
 
 
+async def open_accounts(store: Store) -> AccountStore:
+    """Console accounts, sessions and the audit log on the same database as ``store``."""
+    database = getattr(store, "database", None)
+    accounts: AccountStore
+    if database is None:
+        from bot.store.accounts_memory import MemoryAccountStore
+
+        accounts = MemoryAccountStore()
+    else:
+        from bot.store.accounts_mongo import MongoAccountStore
+
+        accounts = MongoAccountStore(database)
+    await accounts.open()
+    return accounts
+
+
+async def sandbox_accounts(accounts: AccountStore, now: datetime) -> str | None:
+    """In the sandbox, a store with no console account gets two (``admin``: supervisor, ``privacy``:
+    privacy officer) sharing one random password, returned so the banner can show it. None when
+    accounts already exist."""
+    from bot.store.accounts import Agent
+    from bot.web.console_auth import hash_password
+
+    if await accounts.agents.all():
+        return None
+    password = secrets.token_urlsafe(9)
+    hashed = await asyncio.to_thread(hash_password, password)
+    for name, role in (("admin", "supervisor"), ("privacy", "privacy")):
+        await accounts.agents.add(Agent(name=name, role=role, password_hash=hashed, created_at=now))
+    return password
+
+
 def _sandbox_redirect(app: web.Application) -> None:
     async def to_phone(request: web.Request) -> web.Response:
         raise web.HTTPFound("/sandbox/")
@@ -114,7 +150,12 @@ def _sandbox_redirect(app: web.Application) -> None:
 
 
 async def build_services(
-    settings: Settings, stack: AsyncExitStack, *, store_kind: str = "mongo", base_url: str = "http://127.0.0.1:8080"
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    store_kind: str = "mongo",
+    base_url: str = "http://127.0.0.1:8080",
+    console_options: ConsoleOptions | None = None,
 ) -> Services:
     """Wire one process: store, privacy, flows, Graph client (or the sandbox), runtime and web parts.
 
@@ -169,6 +210,22 @@ async def build_services(
         catalog=catalog, client=client, privacy=privacy, privacy_store=privacy_store, sender=sender,
         dispatcher=dispatcher, poller=poller, owner=owner,
     )  # fmt: skip
+
+    from bot.runtime.desk import Desk
+
+    accounts = await open_accounts(store)
+    desk = Desk(store, sender, owner, templates={})
+    flows = await asyncio.to_thread(catalog_flows, catalog)
+    services.components.update(accounts=accounts, desk=desk)
+    if settings.sandbox:
+        services.components["sandbox_password"] = await sandbox_accounts(accounts, datetime.now(UTC))
+
+    def console(app: web.Application) -> None:
+        add_console(
+            app, accounts, desk=desk, privacy=PrivacyServiceActions(privacy), flows=flows, options=console_options
+        )
+
+    services.web_extensions.append(console)
 
     stats = WebhookStats()
     services.components["webhook_stats"] = stats

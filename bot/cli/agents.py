@@ -18,6 +18,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
+from bot import wiring
 from bot.errors import ConfigError
 from bot.settings import load_settings
 from bot.store.accounts import ROLES, AccountStore, Agent, AuditEntry, check_agent_name, check_role
@@ -47,14 +48,7 @@ async def open_accounts(project: str, stack: AsyncExitStack) -> AccountStore:
     """The account store on the configured database (the same one the service uses)."""
     settings = load_settings(project)
     store = await open_store(settings, stack)
-    database = getattr(store, "database", None)
-    if database is None:
-        raise ConfigError("store", "console accounts need the MongoDB store (the memory store keeps nothing)")
-    from bot.store.accounts_mongo import MongoAccountStore
-
-    accounts = MongoAccountStore(database)
-    await accounts.open()
-    return accounts
+    return await wiring.open_accounts(store)
 
 
 def read_password(from_stdin: bool) -> str:

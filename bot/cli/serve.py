@@ -69,6 +69,9 @@ async def serve(settings: Settings, host: str, port: int, store_kind: str = "mon
         if settings.sandbox:
             print(f"  phone page:  {base_url}/sandbox/", file=sys.stderr)
         print(f"  console:     {base_url}/console/", file=sys.stderr)
+        password = services.components.get("sandbox_password")
+        if password:
+            print(f"               sign in as admin or privacy, password {password}", file=sys.stderr)
         print("  press Ctrl-C to stop", file=sys.stderr)
         await stop.wait()
         log.info("shutting down: no new requests, draining in-flight work")

@@ -30,14 +30,12 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import Cause, Conversation, PurposeState, PurposeStatus, Step, Transition
 from bot.core.messages import Category, Inbound, InboundKind, Outbound, OutboundKind
-from bot.runtime.desk import Desk
 from bot.settings import load_settings
 from bot.store.accounts import Agent
-from bot.store.accounts_memory import MemoryAccountStore
 from bot.store.memory import MemoryStore
 from bot.web import console_auth
 from bot.web.app import create_app
-from bot.web.console import PREFIX, ConsoleOptions, PrivacyServiceActions, add_console, catalog_flows
+from bot.web.console import PREFIX, ConsoleOptions
 from bot.whatsapp.simulator import SIMULATOR, Simulator
 from bot.wiring import build_services
 
@@ -128,20 +126,17 @@ async def world() -> AsyncIterator[World]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     stack = AsyncExitStack()
-    services = await build_services(settings, stack, store_kind="memory", base_url=base)
+    services = await build_services(
+        settings, stack, store_kind="memory", base_url=base, console_options=ConsoleOptions(stream_poll=0.2)
+    )
     store = services.store
     assert isinstance(store, MemoryStore)
     await seed(store)
-    accounts = MemoryAccountStore()
+    accounts = services.components["accounts"]
     password_hash = await asyncio.to_thread(console_auth.hash_password, PASSWORD)
     for name, role in (("ana", "agent"), ("dpo", "privacy")):
         await accounts.agents.add(Agent(name, role, password_hash, datetime.now(UTC)))
     parts = services.components
-    desk = Desk(store, parts["sender"], parts["owner"])
-    services.web_extensions.append(
-        lambda app: add_console(app, accounts, desk=desk, privacy=PrivacyServiceActions(parts["privacy"]),
-                                flows=catalog_flows(parts["catalog"]), options=ConsoleOptions(stream_poll=0.2))
-    )
     server = TestServer(create_app(services), host="127.0.0.1", port=port)
     await server.start_server()
     services.start()
