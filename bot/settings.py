@@ -78,6 +78,7 @@ class Settings:
     graph_url: str  # "" in sandbox mode: the app's own mounted simulator
     api_version: str
     sandbox: bool
+    lease_seconds: float = 30.0  # how long a dead process's work stays claimed before another takes it
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -313,7 +314,15 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
     api_version = env.get("WHATSAPP_API_VERSION", "").strip() or DEFAULT_API_VERSION
     if not _API_VERSION_RE.match(api_version):
         raise ConfigError("WHATSAPP_API_VERSION", f"must look like v23.0, got {api_version!r}")
+    lease_raw = env.get("CONSENTBOT_LEASE_SECONDS", "").strip() or "30"
+    try:
+        lease_seconds = float(lease_raw)
+    except ValueError:
+        raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be a number of seconds, got {lease_raw!r}") from None
+    if not 1 <= lease_seconds <= 3600:
+        raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be between 1 and 3600, got {lease_raw}")
     return Settings(
+        lease_seconds=lease_seconds,
         project_dir=project_dir,
         project=project,
         numbers=numbers,

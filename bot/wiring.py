@@ -192,7 +192,11 @@ async def build_services(
     )
     privacy = PrivacyService(store, privacy_store, project, settings.deployment_secret.reveal().encode())
     owner = process_owner()
-    sender = Sender(store, client, project, metrics, owner, is_suppressed=privacy.is_suppressed)
+    lease = settings.lease_seconds
+    sender = Sender(
+        store, client, project, metrics, owner, is_suppressed=privacy.is_suppressed, lease_seconds=lease,
+        unknown_outcome_wait=max(10.0, 2 * lease),
+    )
     decider = FlowDecider(catalog, project, {n.phone_number_id: n.flow for n in settings.numbers})
     dispatcher = Dispatcher(
         store,
@@ -202,9 +206,10 @@ async def build_services(
         owner,
         on_request=privacy.handle_request,
         on_notices=privacy.register_notices,
+        lease_seconds=lease,
     )
     sender.notify = dispatcher.notify
-    poller = Poller(store, dispatcher, sender, owner)
+    poller = Poller(store, dispatcher, sender, owner, lease_seconds=lease)
     services.background.extend([dispatcher, poller])
     services.components.update(
         catalog=catalog, client=client, privacy=privacy, privacy_store=privacy_store, sender=sender,
