@@ -41,7 +41,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -62,7 +62,7 @@ from bot.core.audience import (
     render_params,
     template_problems,
 )
-from bot.core.conversation import Conversation
+from bot.core.conversation import Conversation, PurposeState
 from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Outbound
 from bot.core.policy import Reason, cap_period_start
 from bot.core.project import Project
@@ -424,19 +424,25 @@ class CampaignRunner:
 
     # --- running ---------------------------------------------------------------------------------
     async def run(
-        self, campaign_id: str, *, on_progress: ProgressHook | None = None, stop: asyncio.Event | None = None
+        self, campaign_id: str, *, on_progress: ProgressHook | None = None, stop: asyncio.Event | None = None,
+        wait: float = 0.0,
     ) -> dict[str, Any]:
         """Run (or resume) a campaign until it is done, cancelled, or ``stop`` is set. Returns the last
-        progress snapshot. Raises :class:`CampaignBusy` when another run holds the campaign."""
+        progress snapshot. When another run holds the campaign, wait up to ``wait`` seconds for its
+        lease (a run that was killed holds it until it expires), then raise :class:`CampaignBusy`."""
         campaign = await self.broadcasts.get(campaign_id)
         if campaign is None:
             raise CampaignNotFound(campaign_id)
         if campaign.state is CampaignState.DONE:
             return Progress.of(campaign, await self.broadcasts.tally(campaign_id)).snapshot() | {"state": "done"}
+        deadline = time.monotonic() + wait
+        while not await self.broadcasts.acquire_run(campaign_id, self.owner, self.clock(), self.options.lease_seconds):
+            if time.monotonic() >= deadline:
+                current = await self.broadcasts.get(campaign_id) or campaign
+                until = current.run_until.isoformat() if current.run_until else "?"
+                raise CampaignBusy(f"campaign {campaign_id} is being run by {current.run_owner} (lease until {until})")
+            await asyncio.sleep(0.25)
         now = self.clock()
-        if not await self.broadcasts.acquire_run(campaign_id, self.owner, now, self.options.lease_seconds):
-            until = campaign.run_until.isoformat() if campaign.run_until else "?"
-            raise CampaignBusy(f"campaign {campaign_id} is being run by {campaign.run_owner} (lease until {until})")
         try:
             campaign = await self.broadcasts.set_state(campaign_id, CampaignState.RUNNING, now)
             run = _Run(self, campaign, on_progress, stop or asyncio.Event())
@@ -859,7 +865,73 @@ __all__ = [
     "Progress",
     "RunOptions",
     "audience_of",
+    "campaign_report",
     "new_campaign",
+    "recipient_rows",
 ]
 
 _ = ChannelError  # re-exported for callers that catch Graph errors around a run
+
+
+# --- reporting -----------------------------------------------------------------------------------
+REPORT_FIELDS = ("subject", "state", "reason", "error_code", "delivery", "wamid", "finished_at", "opted_out_after")
+
+
+async def recipient_rows(
+    broadcasts: Broadcasts, store: Store, campaign: Campaign, page: int = 500
+) -> AsyncIterator[dict[str, Any]]:
+    """Every recipient of a campaign, by subject, as a flat row (CSV/JSON export). ``opted_out_after``
+    is true when the customer's consent for the campaign's purpose was withdrawn after their message was
+    accepted (a Stop tap, STOP, WhatsApp's own control or a 131050)."""
+    after = ""
+    while True:
+        recs = await broadcasts.recipients(campaign.id, after, page)
+        for r in recs:
+            yield {
+                "subject": r.subject, "state": str(r.state), "reason": r.reason, "error_code": r.error_code or "",
+                "delivery": str(r.delivery) if r.delivery else "", "wamid": r.wamid,
+                "finished_at": r.finished_at.isoformat() if r.finished_at else "",
+                "opted_out_after": await _opted_out_after(store, campaign.purpose, r),
+            }
+        if len(recs) < page:
+            return
+        after = recs[-1].subject
+
+
+async def _opted_out_after(store: Store, purpose: str, r: Recipient) -> bool:
+    if r.state is not RecipientState.ACCEPTED or r.finished_at is None:
+        return False
+    conv = await store.conversations.get(r.key)
+    status = None if conv is None else conv.consent.get(purpose)
+    return status is not None and status.state is PurposeState.WITHDRAWN and status.since >= r.finished_at
+
+
+async def campaign_report(broadcasts: Broadcasts, store: Store, campaign_id: str) -> dict[str, Any]:
+    """The campaign's figures: sent (accepted by the Graph API), delivered, read, failed by error code
+    (failed sends and failed deliveries), excluded by reason, opted out afterwards."""
+    campaign = await broadcasts.get(campaign_id)
+    if campaign is None:
+        raise CampaignNotFound(campaign_id)
+    tally = await broadcasts.tally(campaign_id)
+    opted_out = 0
+    async for row in recipient_rows(broadcasts, store, campaign):
+        opted_out += bool(row["opted_out_after"])
+    d = tally.delivery
+    failed_delivery = int(d.get("failed", 0))
+    return {
+        "campaign": campaign.id, "name": campaign.name, "state": str(campaign.state),
+        "template": f"{campaign.template.name} ({campaign.template.language})", "purpose": campaign.purpose,
+        "segments": [f"{k}={v}" for k, v in campaign.segments], "locale": campaign.locale, "rate": campaign.rate,
+        "recipients": tally.total,
+        "sent": tally.state(RecipientState.ACCEPTED),
+        "delivered": sum(int(d.get(s, 0)) for s in ("delivered", "read", "played")),
+        "read": sum(int(d.get(s, 0)) for s in ("read", "played")),
+        "failed": tally.state(RecipientState.FAILED) + failed_delivery,
+        "failed_by_code": dict(sorted(tally.errors.items())),
+        "excluded": tally.state(RecipientState.EXCLUDED),
+        "excluded_by_reason": dict(sorted(tally.reasons.items())),
+        "pending": tally.state(RecipientState.PENDING) + tally.state(RecipientState.SENDING),
+        "opted_out_after": opted_out,
+        "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
+        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+    }
