@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -80,8 +80,13 @@ def _die_with_parent() -> Callable[[], None] | None:
 class EmbeddedServer:
     """One ``secantusd-py`` child process. ``async with EmbeddedServer(dir) as server: server.uri``."""
 
-    def __init__(self, data_dir: Path | str, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | str, host: str = "127.0.0.1", port: int | None = None, *, extra_args: Sequence[str] = ()
+    ) -> None:
+        """``data_dir`` is created if missing (``":memory:"``: throwaway data); ``port`` None picks a
+        free one; ``extra_args`` go to ``secantusd-py`` as they are (e.g. ``["--cache-size", "256M"]``)."""
         self.data_dir = str(data_dir)
+        self.extra_args = tuple(extra_args)
         self.host = host
         self.port = port  # the port in use once started
         self._requested_port = port
@@ -129,7 +134,8 @@ class EmbeddedServer:
             Path(self.data_dir).mkdir(parents=True, exist_ok=True)
             self._log_path = Path(self.data_dir) / "secantusd.log"
         offset = self._log_path.stat().st_size if self._log_path.exists() else 0
-        args = [program, "--host", self.host, "--port", str(self._requested_port or 0), "--storage-path", self.data_dir]
+        args = [program, "--host", self.host, "--port", str(self._requested_port or 0), "--storage-path", self.data_dir,
+                *self.extra_args]
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - our own program path, no shell
                 args,

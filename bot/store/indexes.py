@@ -25,6 +25,7 @@ INDEXES: dict[str, list[tuple[str, Key, dict[str, Any]]]] = {
     CONVERSATIONS: [
         ("updated", [("updated_at", -1)], {}),
         ("number_updated", [("phone_number_id", 1), ("updated_at", -1)], {}),
+        ("flow_updated", [("flow_id", 1), ("updated_at", -1)], {}),
         ("flow_state_updated", [("flow_id", 1), ("state", 1), ("updated_at", -1)], {}),
         ("state_updated", [("state", 1), ("updated_at", -1)], {}),
         ("needs_person_updated", [("needs_person", 1), ("updated_at", -1)], {}),

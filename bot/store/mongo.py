@@ -708,8 +708,9 @@ class MongoLedger(ConsentLedger):
         return [ConsentRecord.from_doc(d) for d in docs]
 
     async def subjects(self) -> list[str]:
+        pipeline: list[Doc] = [{"$sort": {"subject": 1}}, {"$group": {"_id": "$subject"}}, {"$sort": {"_id": 1}}]
         with translated("ledger.subjects"):
-            return sorted(await self._c.distinct("subject"))
+            return [d["_id"] for d in await _to_list(self._c.aggregate(pipeline))]
 
 
 def _ms_doc(value: Any) -> Any:
