@@ -2,11 +2,13 @@
 
 Every method runs without awaiting, so each call is atomic on the event loop. Pending recipients are
 kept in an insertion-ordered index per campaign so a lease is O(batch), not O(audience). The audience
-query reads the conversation heads of the :class:`~bot.store.memory.MemoryStore` it is given.
+query reads the conversation heads of the :class:`~bot.store.memory.MemoryStore` it is given, through a
+sorted list of their keys (rebuilt when the number of heads changes), so a page is O(page).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,6 +67,8 @@ class MemoryBroadcasts(Broadcasts):
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
         self._campaigns: dict[str, _Campaign] = {}
+        self._sorted: list[str] = []  # conversation keys in order (the audience scan's index)
+        self._sorted_size = -1
 
     def _get(self, campaign_id: str) -> _Campaign:
         found = self._campaigns.get(campaign_id)
@@ -232,20 +236,17 @@ class MemoryBroadcasts(Broadcasts):
         self, phone_number_id: str, purpose: str, after_key: str = "", limit: int = 500
     ) -> list[Conversation]:
         heads = self._store._data.heads  # the memory store's conversation heads (same package)
-        keys = heapq.nsmallest(
-            limit,
-            (
-                k
-                for k, h in heads.items()
-                if k > after_key
-                and h.conversation is not None
-                and h.conversation.phone_number_id == phone_number_id
-                and purpose in h.conversation.consent
-            ),
-        )
-        out = []
-        for k in keys:
-            conv = await self._store.conversations.get(k)
-            if conv is not None:
-                out.append(conv)
+        if self._sorted_size != len(heads):  # new or erased conversations: re-sort the keys once
+            self._sorted = sorted(heads)
+            self._sorted_size = len(heads)
+        out: list[Conversation] = []
+        i = bisect.bisect_right(self._sorted, after_key)
+        while i < len(self._sorted) and len(out) < limit:
+            head = heads.get(self._sorted[i])
+            i += 1
+            c = None if head is None else head.conversation
+            if c is not None and c.phone_number_id == phone_number_id and purpose in c.consent:
+                conv = await self._store.conversations.get(c.key)
+                if conv is not None:
+                    out.append(conv)
         return out
