@@ -246,7 +246,6 @@ class MemoryBroadcasts(Broadcasts):
             i += 1
             c = None if head is None else head.conversation
             if c is not None and c.phone_number_id == phone_number_id and purpose in c.consent:
-                conv = await self._store.conversations.get(c.key)
-                if conv is not None:
-                    out.append(conv)
+                # a shallow copy: the head is frozen; its dicts are copied so a caller cannot change the store
+                out.append(replace(c, slots=dict(c.slots), consent=dict(c.consent)))
         return out
