@@ -63,10 +63,10 @@ from bot.core.audience import (
     template_problems,
 )
 from bot.core.conversation import Conversation, PurposeState
-from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Outbound
+from bot.core.messages import Category, DeliveryStatus, Outbound
 from bot.core.policy import Reason, cap_period_start
 from bot.core.project import Project
-from bot.errors import BotError, ChannelError, RenderError
+from bot.errors import BotError, RenderError
 from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Accepted, Sender, SendsMessages
 from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
@@ -490,6 +490,7 @@ class _Run:
         self.halt = asyncio.Event()  # stop leasing (cancel, stop, lost lease)
         self.lost_lease = False
         self.cancelled = False
+        self.errors: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def go(self) -> dict[str, Any]:
@@ -590,14 +591,18 @@ class _Run:
                 recs.append(Recipient(self.id, conv.subject, conv.key, state, seq=seq, reason=a.reason or "",
                                       detail=a.detail[:300], finished_at=None if a.reason is None else now))
             if recs:
-                await b.add_recipients(recs)
-                excluded: dict[str, int] = {}
-                for x in recs:
-                    if x.state is RecipientState.EXCLUDED:
-                        excluded[x.reason] = excluded.get(x.reason, 0) + 1
-                pending = sum(1 for x in recs if x.state is RecipientState.PENDING)
-                # a re-scan after a crash re-adds nobody; count only what the tally does not have yet
-                self.progress.recorded(pending, excluded)
+                added = await b.add_recipients(recs)
+                if added == len(recs):
+                    excluded: dict[str, int] = {}
+                    for x in recs:
+                        if x.state is RecipientState.EXCLUDED:
+                            excluded[x.reason] = excluded.get(x.reason, 0) + 1
+                    self.progress.recorded(sum(1 for x in recs if x.state is RecipientState.PENDING), excluded)
+                else:  # a page re-scanned after a crash: some were recorded already; recount
+                    await self._flush()
+                    current = await b.get(self.id)
+                    if current is not None:
+                        self.progress = _carry(self.progress, Progress.of(current, await b.tally(self.id)))
                 cursor = page[-1].key
             last = len(page) < self.opts.batch
             await b.save_progress(self.id, self.progress.snapshot(), now, cursor=cursor, audience_done=last or None)
@@ -671,7 +676,13 @@ class _Run:
                 else:
                     await self._process(item, in_doubt=False)
             except Exception:
-                log.exception("campaign send failed; the recipient stays in doubt", extra={"campaign": self.id})
+                rec = item.recipient if isinstance(item, _Later) else item
+                self.errors[rec.subject] = self.errors.get(rec.subject, 0) + 1
+                if self.errors[rec.subject] < 3 and not self.halt.is_set():
+                    log.exception("campaign send failed; retrying in 5 s", extra={"campaign": self.id})
+                    self._defer(rec, 5.0, in_doubt=True)
+                else:  # left in doubt: the next run reconciles it
+                    log.exception("campaign send failed; the recipient stays in doubt", extra={"campaign": self.id})
             finally:
                 self.in_flight -= 1
                 self.queue.task_done()
@@ -851,10 +862,6 @@ async def _find_entry(store: Store, key: str, eid: str) -> TranscriptEntry | Non
         after = page[-1].at
 
 
-def graph_error(info: ErrorInfo | None) -> int:
-    return info.code if info is not None else 0
-
-
 __all__ = [
     "CampaignBusy",
     "CampaignClient",
@@ -869,8 +876,6 @@ __all__ = [
     "new_campaign",
     "recipient_rows",
 ]
-
-_ = ChannelError  # re-exported for callers that catch Graph errors around a run
 
 
 # --- reporting -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -137,12 +138,9 @@ class Env:
         return [b for b in self.sim.sent_to(subject) if b.get("type") == "template"]
 
 
-def flow_decider(env_holder: list[Env]) -> Any:
+def flow_decider(env_holder: list[Env], catalog: Any) -> Any:
     """The runtime's Decider over the real engine and the shipped consent flow (Meta signals only
     need the conversation's flow)."""
-    from pathlib import Path
-
-    catalog = load_catalog(Path(__file__).resolve().parents[2], PROJECT)
 
     def decider(conversation: Conversation | None, event: Any, pnid: str, subject: str, now: datetime) -> Turn | None:
         if not isinstance(event, Signal):
@@ -175,7 +173,8 @@ async def make_env(store: Store, broadcasts: Broadcasts, *, with_dispatcher: boo
                         access_token=TOKEN, rate_per_second=1000, timeout=0.4, backoff_base=0.01)
     if with_dispatcher:
         flow_sender = Sender(store, graph, PROJECT, metrics, "svc", is_suppressed=privacy.is_suppressed)
-        dispatcher = Dispatcher(store, flow_decider(holder), flow_sender, metrics, "svc", workers=2)
+        catalog = await asyncio.to_thread(load_catalog, Path(__file__).resolve().parents[2], PROJECT)
+        dispatcher = Dispatcher(store, flow_decider(holder, catalog), flow_sender, metrics, "svc", workers=2)
         notify = dispatcher.notify
     sink = CampaignReceipts(broadcasts, InboxWriter(store.inbox, metrics, notify))
     add_webhook_routes(hook_app, verify_token="verify", app_secret=SECRET, sink=sink,
