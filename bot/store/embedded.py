@@ -8,9 +8,11 @@ Life cycle: :meth:`EmbeddedServer.start` launches it on a free loopback port (or
 ``--storage-path <data_dir>`` (``":memory:"`` for throwaway data), waits until it answers ``ping``
 and returns the ``mongodb://`` URI; :meth:`EmbeddedServer.stop` sends SIGTERM, then SIGKILL after a
 grace period. The child runs in its own session, so a Ctrl-C in the terminal reaches only the
-parent, which then stops it in order; on Linux it also gets SIGTERM if the parent dies
-(``PR_SET_PDEATHSIG``; the signal follows the thread that started it, so start it from the thread
-that runs the event loop for the whole life of the process). Its output goes to
+parent, which then stops it in order; on Linux it gets SIGKILL if the parent dies without stopping it
+(``PR_SET_PDEATHSIG``: SIGKILL because a server busy with a dead parent's load may never finish a
+graceful shutdown; WiredTiger recovers its journal on the next start). The signal follows the thread
+that started the child, so start it from the thread that runs the event loop for the life of the
+process. Its output goes to
 ``<data_dir>/secantusd.log`` (a temporary file for ``:memory:``).
 
 Data under ``data_dir`` survives a restart. A second server on the same directory is refused by
@@ -61,7 +63,7 @@ def find_program() -> str:
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux only)."""
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux only)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -70,7 +72,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 
     def arm() -> None:  # runs in the child between fork and exec: keep it tiny
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(1)
 

@@ -30,7 +30,7 @@ import contextlib
 import inspect
 import itertools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +73,8 @@ from bot.store.base import (
 )
 
 Doc = dict[str, Any]
+Write = tuple[str, Callable[..., Any], tuple[Doc, ...]]
+"""(collection, write model class, its positional arguments): built per mode, with or without a namespace."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CLIENT_BULK_WIRE_VERSION = 25  # MongoDB 8.0: the client-level ``bulkWrite`` command
 CHAIN_ATTEMPTS = 20
@@ -412,14 +414,14 @@ class MongoStepLog(StepLog):
             head["$unset"] = {"lease": ""}
         else:
             head["$set"]["lease"] = {"owner": owner, "until": until}
-        writes: list[tuple[str, Any]] = [
-            (ix.CONVERSATIONS, UpdateOne({"_id": conv.key, "version": step.seq - 1, "lease.owner": owner}, head)),
-            (ix.STEPS, InsertOne({"_id": step.id, **StepRecord.of(step).to_doc()})),
-            *((ix.TRANSCRIPT, InsertOne(doc)) for doc in docs),
+        writes: list[Write] = [
+            (ix.CONVERSATIONS, UpdateOne, ({"_id": conv.key, "version": step.seq - 1, "lease.owner": owner}, head)),
+            (ix.STEPS, InsertOne, ({"_id": step.id, **StepRecord.of(step).to_doc()},)),
+            *((ix.TRANSCRIPT, InsertOne, (doc,)) for doc in docs),
         ]
         if step.inbox_ids:
             done = {"$set": {"done": True, "done_at": step.at}}
-            writes.append((ix.INBOX, UpdateMany({"_id": {"$in": list(step.inbox_ids)}, "done": False}, done)))
+            writes.append((ix.INBOX, UpdateMany, ({"_id": {"$in": list(step.inbox_ids)}, "done": False}, done)))
         consent = [(f"{step.id}/consent/{i}", d) for i, d in enumerate(step.consent)]
         with translated("steps.commit"):
             for attempt in range(TRANSACTION_ATTEMPTS):
@@ -433,12 +435,13 @@ class MongoStepLog(StepLog):
         return [e.id for e in entries if e.direction == "out"]
 
     async def _transaction(
-        self, key: str, writes: list[tuple[str, Any]], consent: list[tuple[str, ConsentEventDraft]]
+        self, key: str, writes: list[Write], consent: list[tuple[str, ConsentEventDraft]]
     ) -> None:
         session = await _maybe_await(self._db.client.start_session())
         try:
             await _maybe_await(session.start_transaction())
-            ops = writes + [(ix.CONSENT, InsertOne(doc)) for doc in await self._ledger.chained(consent, session)]
+            chained = await self._ledger.chained(consent, session)
+            ops = writes + [(ix.CONSENT, InsertOne, (doc,)) for doc in chained]
             try:
                 matched = await self._write(ops, session)
             except (ClientBulkWriteException, BulkWriteError, OperationFailure) as exc:
@@ -462,16 +465,17 @@ class MongoStepLog(StepLog):
         finally:
             await _maybe_await(session.end_session())
 
-    async def _write(self, ops: list[tuple[str, Any]], session: Any) -> int:
+    async def _write(self, ops: list[Write], session: Any) -> int:
         """Run ``ops`` in order inside ``session``'s transaction; returns how many heads matched."""
         if self._db.client_bulk:
-            models = [_with_namespace(op, self._db.ns(c)) for c, op in ops]
+            models = [model(*args, namespace=self._db.ns(c)) for c, model, args in ops]
             result = await self._db.client.bulk_write(models, session=session, ordered=True, verbose_results=True)
             return int(result.update_results[0].matched_count)
         # Servers before MongoDB 8.0: one command per collection, in the same order.
         matched = 0
         for position, (collection, group) in enumerate(itertools.groupby(ops, key=lambda op: op[0])):
-            result = await self._db[collection].bulk_write([op for _, op in group], ordered=True, session=session)
+            batch = [model(*args) for _, model, args in group]
+            result = await self._db[collection].bulk_write(batch, ordered=True, session=session)
             if position == 0:
                 matched = int(result.matched_count)
                 if not matched:
@@ -490,15 +494,6 @@ class MongoStepLog(StepLog):
 
 class _Retry(Exception):
     """The transaction met a write conflict (or a consent chain moved): run it again."""
-
-
-def _with_namespace(op: Any, namespace: str) -> Any:
-    """A copy of a write model that names its collection (what a client-level bulkWrite needs)."""
-    if isinstance(op, InsertOne):
-        return InsertOne(op._doc, namespace=namespace)
-    if isinstance(op, UpdateOne):
-        return UpdateOne(op._filter, op._doc, upsert=bool(op._upsert), namespace=namespace)
-    return UpdateMany(op._filter, op._doc, upsert=bool(op._upsert), namespace=namespace)
 
 
 def _codes(exc: PyMongoError) -> list[int]:
