@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ LISTENING = re.compile(r"listening on \S+:(\d+)")
 LOCKED_MARKERS = ("already being managed by another process", "WiredTiger.lock")
 PORT_IN_USE_MARKERS = ("Address already in use", "EADDRINUSE")
 PR_SET_PDEATHSIG = 1
+OP_MSG = 2013
 
 
 def find_program() -> str:
@@ -229,21 +231,31 @@ async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-async def _answers_ping(host: str, port: int) -> bool:
-    """One ``ping`` over a fresh connection (a bare hello/ping exchange, no driver needed)."""
-    from pymongo import AsyncMongoClient
-    from pymongo.errors import PyMongoError
+async def _answers_ping(host: str, port: int, timeout: float = 1.0) -> bool:
+    """One ``ping`` as a bare OP_MSG over a fresh socket: no driver client (whose background monitors
+    would outlive this check), nothing left open."""
+    import bson
 
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        host, port, directConnection=True, serverSelectionTimeoutMS=500, connectTimeoutMS=500
-    )
+    body = bson.encode({"ping": 1, "$db": "admin"})
+    payload = struct.pack("<I", 0) + b"\x00" + body  # flagBits, then one section of kind 0
+    message = struct.pack("<iiii", 16 + len(payload), 1, 0, OP_MSG) + payload
     try:
-        await client.admin.command("ping")
-        return True
-    except PyMongoError:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(message)
+        await writer.drain()
+        header = await asyncio.wait_for(reader.readexactly(16), timeout)
+        length = struct.unpack("<i", header[:4])[0]
+        reply = await asyncio.wait_for(reader.readexactly(length - 16), timeout)
+        return bool(bson.decode(reply[5:]).get("ok") == 1)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, bson.errors.BSONError, struct.error):
         return False
     finally:
-        await client.close()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 def _tail(text: str, lines: int = 25) -> str:
