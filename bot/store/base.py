@@ -29,6 +29,18 @@ def millis(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
+def stored(value: Any) -> Any:
+    """A deep copy of a document as a BSON round trip returns it: tuples become lists, datetimes are
+    UTC milliseconds (hashes over it survive the trip)."""
+    if isinstance(value, datetime):
+        return millis(value)
+    if isinstance(value, dict):
+        return {k: stored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [stored(v) for v in value]
+    return value
+
+
 # --- inbox ---------------------------------------------------------------------------------------
 class InboxKind(StrEnum):
     MESSAGE = "message"  # doc = Inbound.to_doc()

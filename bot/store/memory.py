@@ -35,24 +35,13 @@ from bot.store.base import (
     Transcript,
     TranscriptEntry,
     millis,
+    stored,
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
 
 __all__ = ["MemoryStore", "millis", "roundtrip", "stored"]
 
 T = TypeVar("T")
-
-
-def stored(value: Any) -> Any:
-    """A deep copy of a document as a BSON round trip returns it: tuples become lists, datetimes are
-    UTC milliseconds."""
-    if isinstance(value, datetime):
-        return millis(value)
-    if isinstance(value, dict):
-        return {k: stored(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [stored(v) for v in value]
-    return value
 
 
 def roundtrip(value: T, to_doc: Callable[[T], dict[str, Any]], from_doc: Callable[[dict[str, Any]], T]) -> T:

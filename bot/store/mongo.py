@@ -70,6 +70,7 @@ from bot.store.base import (
     Transcript,
     TranscriptEntry,
     millis,
+    stored,
 )
 
 Doc = dict[str, Any]
@@ -688,7 +689,7 @@ class MongoLedger(ConsentLedger):
         heads: dict[str, ConsentRecord | None] = {}
         docs: list[Doc] = []
         for entry_id, original in drafts:
-            draft = ConsentEventDraft.from_doc(_ms_doc(original.to_doc()))
+            draft = ConsentEventDraft.from_doc(stored(original.to_doc()))
             if draft.subject not in heads:
                 head = await self._c.find_one({"subject": draft.subject}, sort=[("seq", -1)], session=session)
                 heads[draft.subject] = None if head is None else ConsentRecord.from_doc(head)
@@ -706,17 +707,6 @@ class MongoLedger(ConsentLedger):
         pipeline: list[Doc] = [{"$sort": {"subject": 1}}, {"$group": {"_id": "$subject"}}, {"$sort": {"_id": 1}}]
         with translated("ledger.subjects"):
             return [d["_id"] for d in await _to_list(self._c.aggregate(pipeline))]
-
-
-def _ms_doc(value: Any) -> Any:
-    """Datetimes inside a document truncated to what MongoDB keeps, so hashes survive a round trip."""
-    if isinstance(value, datetime):
-        return millis(value)
-    if isinstance(value, dict):
-        return {k: _ms_doc(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_ms_doc(v) for v in value]
-    return value
 
 
 class MongoStore(Store):
