@@ -150,6 +150,7 @@ class Dispatcher:
     async def _run_conversation(self, key: str) -> None:
         lease = await self.store.conversations.acquire(key, self.owner, self.clock(), self.lease_seconds)
         if not lease.acquired:
+            log.debug("conversation leased elsewhere; the poller retries")
             return  # another process holds it; it drains the inbox itself, the poller re-checks
         conversation = lease.conversation
         released = False

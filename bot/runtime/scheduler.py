@@ -72,6 +72,8 @@ class Poller:
         """One round of recovery (also called directly by tests)."""
         now = self.clock()
         keys = await self.store.inbox.pending_keys(limit=500, not_after=now - timedelta(seconds=self.grace))
+        if keys:
+            log.debug("inbox work waiting", extra={"conversations": len(keys)})
         self.dispatcher.notify(keys)
         self.dispatcher.timers_due(await self.store.conversations.due_timers(now, limit=500))
         if len(self._sending) < 64:

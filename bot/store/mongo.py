@@ -43,6 +43,7 @@ from pymongo.errors import (
     ConfigurationError,
     ConnectionFailure,
     DuplicateKeyError,
+    ExecutionTimeout,
     InvalidURI,
     OperationFailure,
     PyMongoError,
@@ -82,6 +83,7 @@ CHAIN_ATTEMPTS = 20
 CLAIM_ROUNDS = 3
 TRANSACTION_ATTEMPTS = 4
 WRITE_CONFLICT = 112
+ACQUIRE_MAX_MS = 2000  # a lease write blocked longer than this is behind an abandoned transaction
 DUPLICATE_KEY = 11000
 
 
@@ -305,9 +307,16 @@ class MongoInbox(Inbox):
 
 class MongoConversations(Conversations):
     def __init__(self, db: _Db) -> None:
+        self._db = db
         self._c = db[ix.CONVERSATIONS]
 
     async def acquire(self, key: str, owner: str, now: datetime, lease_seconds: float) -> Lease:
+        """Takes the lease in one findAndModify. A process that died inside a commit leaves its
+        transaction open (and the head write-locked) until the server's transaction lifetime ends it
+        (``transactionLifetimeLimitSeconds``, 60 s by default): the lease write then gives up after
+        :data:`ACQUIRE_MAX_MS` and answers "not acquired", so workers never hang on it. A server that
+        drops expired transactions only when its transaction table is used (SecantusDB) is nudged with
+        an empty transaction, so the conversation continues once the lifetime has passed."""
         free = {"$or": [{"lease": None}, {"lease.until": {"$lte": now}}, {"lease.owner": owner}]}
         lease = {"owner": owner, "until": now + timedelta(seconds=lease_seconds)}
         with translated("conversations.acquire"):
@@ -317,10 +326,27 @@ class MongoConversations(Conversations):
                     {"$set": {"lease": lease}, "$setOnInsert": {"version": 0}},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
+                    maxTimeMS=ACQUIRE_MAX_MS,
                 )
             except DuplicateKeyError:
                 return Lease(acquired=False, conversation=None)  # the head exists and is leased
+            except (ExecutionTimeout, OperationFailure) as exc:
+                if not isinstance(exc, ExecutionTimeout) and exc.code != WRITE_CONFLICT:
+                    raise
+                await self._nudge_transactions()
+                return Lease(acquired=False, conversation=None)  # an abandoned commit still holds the head
         return Lease(acquired=True, conversation=_conversation(doc))
+
+    async def _nudge_transactions(self) -> None:
+        session = await _maybe_await(self._db.client.start_session())
+        try:
+            await _maybe_await(session.start_transaction())
+            await self._c.find_one({"_id": "\x00nudge"}, session=session)
+            await session.commit_transaction()
+        except PyMongoError:
+            pass
+        finally:
+            await _maybe_await(session.end_session())
 
     async def release(self, key: str, owner: str) -> None:
         with translated("conversations.release"):
