@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from bot.errors import ConfigError, StoreError
+from bot.runtime.broadcast import CampaignReceipts
 from bot.runtime.dispatcher import Dispatcher
 from bot.runtime.flows import FlowDecider
 from bot.runtime.inbox import InboxWriter
@@ -32,8 +33,10 @@ from bot.runtime.services import Services
 from bot.settings import Settings
 from bot.store.accounts import AccountStore
 from bot.store.base import Store
+from bot.store.broadcasts import Broadcasts
 from bot.store.privacy import PrivacyStore
 from bot.web.console import ConsoleOptions, PrivacyServiceActions, add_console, catalog_flows
+from bot.web.console_broadcasts import add_broadcast_routes
 
 log = logging.getLogger("consentbot.wiring")
 
@@ -124,6 +127,24 @@ async def open_accounts(store: Store) -> AccountStore:
         accounts = MongoAccountStore(database)
     await accounts.open()
     return accounts
+
+
+async def open_broadcasts(store: Store) -> Broadcasts:
+    """Campaigns and their recipients on the same database as ``store``."""
+    database = getattr(store, "database", None)
+    broadcasts: Broadcasts
+    if database is None:
+        from bot.store.broadcasts_memory import MemoryBroadcasts
+        from bot.store.memory import MemoryStore
+
+        assert isinstance(store, MemoryStore)
+        broadcasts = MemoryBroadcasts(store)
+    else:
+        from bot.store.broadcasts_mongo import MongoBroadcasts
+
+        broadcasts = MongoBroadcasts(database)
+    await broadcasts.open()
+    return broadcasts
 
 
 async def sandbox_accounts(accounts: AccountStore, now: datetime) -> str | None:
@@ -219,9 +240,10 @@ async def build_services(
     from bot.runtime.desk import Desk
 
     accounts = await open_accounts(store)
+    broadcasts = await open_broadcasts(store)
     desk = Desk(store, sender, owner, templates={})
     flows = await asyncio.to_thread(catalog_flows, catalog)
-    services.components.update(accounts=accounts, desk=desk)
+    services.components.update(accounts=accounts, desk=desk, broadcasts=broadcasts)
     if settings.sandbox:
         services.components["sandbox_password"] = await sandbox_accounts(accounts, datetime.now(UTC))
 
@@ -229,12 +251,14 @@ async def build_services(
         add_console(
             app, accounts, desk=desk, privacy=PrivacyServiceActions(privacy), flows=flows, options=console_options
         )
+        add_broadcast_routes(app, broadcasts)
 
     services.web_extensions.append(console)
 
     stats = WebhookStats()
     services.components["webhook_stats"] = stats
-    writer = InboxWriter(store.inbox, metrics, dispatcher.notify)
+    # Campaign receipts: statuses naming a campaign's outbox entry are also recorded on its recipient.
+    writer = CampaignReceipts(broadcasts, InboxWriter(store.inbox, metrics, dispatcher.notify))
 
     def webhook(app: web.Application) -> None:
         add_webhook_routes(
