@@ -54,7 +54,6 @@ PASSWORD = "browser-test-password"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/browser)"),
 ]
 
 

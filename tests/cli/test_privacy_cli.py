@@ -207,16 +207,6 @@ def test_cli_receipt_export_erase_dsr(cli_service: PrivacyService, capsys: pytes
     assert "restricted: 34600000002" in capsys.readouterr().out
 
 
-def test_open_service_needs_the_wiring(tmp_path: Path) -> None:
-    """Until ``bot.wiring.open_privacy`` exists the commands fail with a clear configuration error."""
-    from bot import wiring
-
-    if hasattr(wiring, "open_privacy"):
-        pytest.skip("wired")
-    (tmp_path / "consentbot.yaml").write_text("{}", encoding="utf-8")
-    assert main(["consent", "--project", str(tmp_path), "verify", "--all"]) == 1
-
-
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
