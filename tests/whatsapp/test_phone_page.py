@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import playwright.async_api as playwright_api
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -19,7 +20,6 @@ from bot.whatsapp.client import GraphClient
 from bot.whatsapp.simulator import create_simulator_app
 
 pytestmark = pytest.mark.browser
-import playwright.async_api as playwright_api
 
 
 def chromium() -> tuple[bool, str | None]:
