@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Cause, Conversation, Step
@@ -46,13 +46,6 @@ from bot.store.privacy import (
 LEASE_SECONDS = 30.0
 LEASE_TRIES = 25  # x 0.2 s: wait up to ~5 s for a dispatcher to finish the conversation's turn
 TRANSCRIPT_LIMIT = 100_000
-
-
-@runtime_checkable
-class ErasableLedger(Protocol):
-    """A consent ledger that can remove a subject's chain once it is safely in the blocked store."""
-
-    async def delete(self, subject: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,10 +292,7 @@ class PrivacyService:
             entry = BlockedProofEntry(f"{who}:{records[-1].hash[:16]}", who, tuple(records), refs, now, destroy_at)
             await self.privacy.blocked.block(entry)
             blocked += len(records)
-            if isinstance(self.store.ledger, ErasableLedger):
-                await self.store.ledger.delete(who)
-            else:
-                ledger_removed = False
+            await self.store.ledger.delete(who)
 
         history = transcript = 0
         for conv in conversations:
@@ -328,8 +318,6 @@ class PrivacyService:
                     destroy_at,
                 )
             )
-        if not ledger_removed:
-            kept.append(Kept("the live consent ledger copy", "this store cannot delete ledger events yet", None))
         report = ErasureReport(
             subject=subject,
             request_id=request.id,

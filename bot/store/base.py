@@ -404,6 +404,11 @@ class ConsentLedger(ABC):
     async def subjects(self) -> list[str]:
         """Every subject with at least one event, sorted."""
 
+    @abstractmethod
+    async def delete(self, subject: str) -> int:
+        """Remove a subject's whole chain (erasure, once the proof is copied to the blocked store).
+        Returns how many events were removed. The only removal the ledger allows."""
+
 
 # --- the bundle ----------------------------------------------------------------------------------
 class Store(ABC):

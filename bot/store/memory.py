@@ -444,6 +444,9 @@ class MemoryLedger(ConsentLedger):
     async def subjects(self) -> list[str]:
         return sorted(s for s, log in self._d.consent.items() if log)
 
+    async def delete(self, subject: str) -> int:
+        return len(self._d.consent.pop(subject, []))
+
 
 class MemoryStore(Store):
     """Every port in process memory. ``open``/``close`` do nothing; ``ping`` is always True."""

@@ -734,6 +734,11 @@ class MongoLedger(ConsentLedger):
         with translated("ledger.subjects"):
             return [d["_id"] for d in await _to_list(self._c.aggregate(pipeline))]
 
+    async def delete(self, subject: str) -> int:
+        with translated("ledger.delete"):
+            result = await self._c.delete_many({"subject": subject})
+        return int(result.deleted_count)
+
 
 class MongoStore(Store):
     """Every port on one MongoDB database.

@@ -221,6 +221,8 @@ async def test_erasure_deletes_suppresses_and_blocks_the_proof(service: PrivacyS
     assert blocked.notice_refs == (NOTICE.sha256,)
     assert blocked.destroy_at == T0 + timedelta(days=1095)
     assert report.consent_events_blocked == 3
+    assert await store.ledger.history(SUBJECT) == []  # the live chain is gone; only the blocked copy remains
+    assert SUBJECT not in await store.ledger.subjects()
 
     # The customer is told what is kept and why; the request is closed.
     assert any("suppression" in k.what for k in report.kept)

@@ -297,6 +297,15 @@ class StoreContract:
         assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(chain))
         assert sorted(r[0].seq for r in results) == [1, 2, 3, 4, 5, 6]
 
+    async def test_ledger_delete_removes_one_subjects_chain(self, store: Store) -> None:
+        await store.ledger.append([draft("s1", ConsentAction.REQUESTED, 1), draft("s1", ConsentAction.CONFIRMED, 2)])
+        await store.ledger.append([draft("s2", ConsentAction.REQUESTED, 3)])
+        assert await store.ledger.delete("s1") == 2
+        assert await store.ledger.history("s1") == []
+        assert await store.ledger.subjects() == ["s2"]
+        assert [r.seq for r in await store.ledger.history("s2")] == [1]
+        assert await store.ledger.delete("s1") == 0
+
     # --- transcript and outbox -------------------------------------------------------------------
     async def test_committed_outbound_is_leased_to_the_committer(self, store: Store) -> None:
         conv = conversation()
