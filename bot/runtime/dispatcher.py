@@ -33,6 +33,7 @@ from bot.store.base import InboxEntry, InboxKind, Store
 log = logging.getLogger("consentbot.dispatcher")
 
 CONSENT_ERROR = 131050
+STATUS_RETRIES = 20  # polls (about 0.5 s apart, after a 2 s grace) a status waits for its message's wamid
 MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
@@ -166,6 +167,7 @@ class Dispatcher:
                 try:
                     conversation, released = await self._apply(key, conversation, entry, release=last)
                 except StaleVersion:
+                    # Another writer committed first: reload after the lease and decide again.
                     self.metrics.step_conflicts.inc()
                     lease = await self.store.conversations.acquire(key, self.owner, self.clock(), self.lease_seconds)
                     if not lease.acquired:
@@ -174,6 +176,15 @@ class Dispatcher:
                     if conversation is not None and entry.id in conversation.consumed:
                         continue
                     conversation, released = await self._apply(key, conversation, entry, release=last)
+                except StoreError:
+                    raise
+                except Exception:
+                    # A poison entry (the engine or a template failed on it): retried by the poller a
+                    # few times, then parked so the rest of the conversation goes on.
+                    if await self.store.inbox.bump_attempts(entry.id) < MAX_ATTEMPTS:
+                        raise
+                    log.exception("inbox entry parked after repeated failures", extra={"entry": entry.id})
+                    await self.store.inbox.mark_done([entry.id], self.clock())
         finally:
             if not released:
                 await self.store.conversations.release(key, self.owner)
@@ -281,16 +292,24 @@ class Dispatcher:
         for entry in entries:
             if entry.kind is InboxKind.STATUS:
                 update = StatusUpdate.from_doc(entry.doc)
-                await self._apply_status(update)
+                if not await self._apply_status(update):
+                    # A status can overtake the send's own answer (Meta is fast, our settle write is not
+                    # done yet): keep it for the poller, a bounded number of times.
+                    if await self.store.inbox.bump_attempts(entry.id) < STATUS_RETRIES:
+                        continue
+                    log.info("status for an unknown message dropped", extra={"wamid": update.message_id})
             done.append(entry.id)
         if done:
             await self.store.inbox.mark_done(done, self.clock())
 
-    async def _apply_status(self, update: StatusUpdate) -> None:
+    async def _apply_status(self, update: StatusUpdate) -> bool:
+        """Record a delivery status; False when no sent message has that wamid (yet)."""
         now = self.clock()
         entry = await self.store.transcript.apply_status(update, now)
-        if entry is None or update.status is not DeliveryStatus.FAILED:
-            return
+        if entry is None:
+            return False
+        if update.status is not DeliveryStatus.FAILED:
+            return True
         for err in update.errors:
             self.metrics.graph_errors.inc(code=str(err.code))
         codes = {e.code for e in update.errors}
@@ -302,6 +321,7 @@ class Dispatcher:
             self.notify([entry.key])
         elif self.sender.window_codes & codes and entry.outbound is not None:
             await self.sender.fall_back(entry, now)
+        return True
 
     def timers_due(self, items: Iterable[tuple[str, Timer]]) -> None:
         for key, timer in items:
