@@ -111,7 +111,7 @@ async def subscribe(store: MongoStore, subject: str, now: datetime) -> None:
 async def start_run(world: dict[str, object], campaign_id: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-c", ENTRY, "broadcast", "run", campaign_id, "--project", str(world["project_dir"]),
-        "--graph-url", str(world["graph"]), "--receipt-wait", "1.5", "--lease", "2", "--wait", "20",
+        "--graph-url", str(world["graph"]), "--receipt-wait", "1.5", "--lease", "5", "--wait", "30",
         env=world["env"], cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
