@@ -115,6 +115,7 @@ class _Data:
     heads: dict[str, _Head] = field(default_factory=dict)
     steps: dict[str, list[StepRecord]] = field(default_factory=dict)
     transcript: dict[str, _OutRow] = field(default_factory=dict)
+    outbound_by_subject: dict[str, list[_OutRow]] = field(default_factory=dict)  # frequency-cap counts
     wamids: dict[str, str] = field(default_factory=dict)
     consent: dict[str, list[ConsentRecord]] = field(default_factory=dict)
     counter: Iterator[int] = field(default_factory=itertools.count)
@@ -321,6 +322,7 @@ class MemoryStepLog(StepLog):
                 row.lease_owner, row.lease_until = owner, lease_until
                 row.queue_at = lease_until
                 out_ids.append(entry.id)
+                self._d.outbound_by_subject.setdefault(entry.subject, []).append(row)
             self._d.transcript[entry.id] = row
         _chain(self._d, step.consent)
         for entry_id in step.inbox_ids:
@@ -352,6 +354,7 @@ class MemoryTranscript(Transcript):
         row = _OutRow(_copy_entry(entry), next(self._d.counter), 0)
         row.queue_at = row.entry.at
         self._d.transcript[entry_id] = row
+        self._d.outbound_by_subject.setdefault(subject, []).append(row)
         return True
 
     async def claim(
@@ -414,9 +417,8 @@ class MemoryTranscript(Transcript):
     async def count_sent_since(self, subject: str, category: Category, since: datetime) -> int:
         return sum(
             1
-            for r in self._d.transcript.values()
-            if r.entry.subject == subject
-            and r.entry.out_state is OutState.ACCEPTED
+            for r in self._d.outbound_by_subject.get(subject, ())
+            if r.entry.out_state is OutState.ACCEPTED
             and r.entry.outbound is not None
             and r.entry.outbound.category is category
             and r.accepted_at is not None
@@ -428,6 +430,9 @@ class MemoryTranscript(Transcript):
         for entry_id in ids:
             row = self._d.transcript.pop(entry_id)
             self._d.wamids.pop(row.entry.wamid, None)
+            rows = self._d.outbound_by_subject.get(row.entry.subject)
+            if rows is not None and row in rows:
+                rows.remove(row)
         return len(ids)
 
 
