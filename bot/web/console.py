@@ -16,6 +16,7 @@ receipt, reveal a number        yes      yes         yes
 take over / reply / hand back   yes      yes         yes
 restricted conversations        no       no          yes
 audit log                       no       yes         yes
+data-subject requests page      no       yes         yes
 export / erase / restrict       no       no          yes
 ==============================  =======  ==========  =======
 
@@ -44,14 +45,14 @@ from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation
 from bot.core.flowspec import FlowSpec
 from bot.core.project import Controller
-from bot.core.proof import ChainCheck, build_receipt, verify_chain
+from bot.core.proof import ChainCheck, build_receipt, normalise_number, verify_chain
 from bot.errors import BotError, NotFound, StoreError
 from bot.runtime.catalog import Catalog
 from bot.runtime.desk import Desk, DeskRefused
 from bot.runtime.services import Services
 from bot.store.accounts import AccountStore, AuditEntry, AuditQuery, Session
 from bot.store.base import ConversationQuery, Store
-from bot.store.privacy import Principal, Role
+from bot.store.privacy import DataRequest, Principal, Role
 from bot.web import console_auth as auth
 from bot.web import console_views as views
 from bot.web.app import SERVICES
@@ -76,6 +77,9 @@ class PrivacyActions(Protocol):
     async def restrict(self, subject: str, actor: Principal) -> dict[str, Any]: ...
     async def receipt(self, subject: str) -> dict[str, Any]: ...
     async def verify(self, subject: str) -> ChainCheck: ...
+    async def open_requests(self, limit: int = 100) -> list[DataRequest]:
+        """Open data-subject requests, the earliest deadline first (at most ``limit``)."""
+        ...
 
 
 class PrivacyServiceLike(Protocol):
@@ -86,6 +90,7 @@ class PrivacyServiceLike(Protocol):
     async def restrict(self, subject: str, actor: str) -> Any: ...
     async def receipt(self, subject: str) -> dict[str, Any]: ...
     async def verify(self, subject: str | None = None) -> list[ChainCheck]: ...
+    async def open_requests(self, limit: int = 100) -> list[DataRequest]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,9 @@ class PrivacyServiceActions:
     async def verify(self, subject: str) -> ChainCheck:
         checks = await self.service.verify(subject)
         return checks[0] if checks else verify_chain([], subject)
+
+    async def open_requests(self, limit: int = 100) -> list[DataRequest]:
+        return await self.service.open_requests(limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,8 @@ class ConsoleOptions:
     stream_poll: float = 0.75
     stream_max_seconds: float = 300.0
     max_streams: int = 200
+    requests_limit: int = 200  # rows of the data-subject requests page (earliest deadline first)
+    panel_requests_scan: int = 500  # open requests searched for the conversation page's subject
     auth: auth.AuthPolicy = field(default_factory=auth.AuthPolicy)
 
 
@@ -190,6 +200,7 @@ class Viewer:
 
 CAN: dict[str, frozenset[str]] = {
     "audit": frozenset({Role.SUPERVISOR, Role.PRIVACY}),
+    "requests": frozenset({Role.SUPERVISOR, Role.PRIVACY}),
     "privacy": frozenset({Role.PRIVACY}),
     "restricted": frozenset({Role.PRIVACY}),
 }
@@ -236,6 +247,7 @@ class Console:
             lstrip_blocks=True,
         )
         self.env.filters["utc"] = views.utc
+        self.env.filters["day"] = views.day
         self.env.filters["curl"] = conversation_url
         self.env.filters["reason"] = views.describe_reason
         self.env.globals["PREFIX"] = PREFIX
@@ -607,6 +619,11 @@ async def conversation_page(request: web.Request, revealed: bool = False) -> web
     now = console.clock()
     reply_id = request.query.get("reply", "")
     reply = next((i for i in items if i.id == f"t-{reply_id}"), None) if reply_id else None
+    open_requests: list[views.RequestRow] = []
+    if console.privacy is not None and request[VIEWER].can("privacy"):
+        scanned = await console.privacy.open_requests(console.options.panel_requests_scan)
+        open_requests = [views.request_row(r, conversation, now, True) for r in scanned
+                         if views.is_subject_of(r.subject, conversation)]
     if not revealed:
         await console.audit(request, "view.transcript", conversation.key)
     return console.page(
@@ -615,7 +632,7 @@ async def conversation_page(request: web.Request, revealed: bool = False) -> web
         rows=rows, check=check, cursor=cursor, in_window=conversation.in_window(now),
         desk=console.desk is not None, templates=sorted(console.desk.templates) if console.desk else [],
         nonce=secrets.token_urlsafe(12), reply=reply, privacy=console.privacy is not None,
-        error=request.query.get("error", "")[:40],
+        error=request.query.get("error", "")[:40], open_requests=open_requests,
     )
 
 
@@ -777,6 +794,41 @@ async def _privacy(request: web.Request, confirm: bool) -> web.StreamResponse:
                         key=key, result=result)
 
 
+# --- data-subject requests -----------------------------------------------------------------------
+async def _subject_conversation(store: Store, subject: str) -> Conversation | None:
+    """The first conversation of a request's subject (by subject or wa_id, also typed as a number)."""
+    found = await store.conversations.by_subject(subject)
+    digits = normalise_number(subject)
+    if not found and len(digits) >= 7 and digits != subject:
+        found = await store.conversations.by_subject(digits)
+    return found[0] if found else None
+
+
+async def requests_page(request: web.Request) -> web.StreamResponse:
+    """Open data-subject requests, the earliest deadline first, read through the privacy service:
+    subject (masked), kind, received, due date, days left; overdue ones highlighted."""
+    console = _console(request)
+    viewer = request[VIEWER]
+    if not viewer.can("requests"):
+        await console.audit(request, "view.requests", outcome="denied")
+        return console.deny(request, "Data-subject requests are for supervisors and privacy officers.")
+    if console.privacy is None:
+        return console.page(request, "error.html", status=503, title="Unavailable",
+                            message="The privacy service is not available in this deployment.")
+    limit = console.options.requests_limit
+    found = await console.privacy.open_requests(limit)
+    store = _store(request)
+    subjects = list(dict.fromkeys(r.subject for r in found))
+    heads = dict(zip(subjects, await asyncio.gather(*(_subject_conversation(store, s) for s in subjects)),
+                     strict=True))
+    now = console.clock()
+    rows = [views.request_row(r, heads[r.subject], now, viewer.can("restricted")) for r in found]
+    overdue = sum(1 for row in rows if row.overdue)
+    await console.audit(request, "view.requests", count=len(rows), overdue=overdue)
+    return console.page(request, "requests.html", title="Data-subject requests", rows=rows,
+                        overdue=overdue, limit=limit, capped=len(found) >= limit)
+
+
 # --- flows and audit -----------------------------------------------------------------------------
 async def flows_page(request: web.Request) -> web.StreamResponse:
     console = _console(request)
@@ -862,6 +914,7 @@ def add_console(
     r.add_post("/c/{key}/privacy/{action}", privacy_do, name="privacy_do")
     r.add_get("/flows", flows_page, name="flows")
     r.add_get("/audit", audit_page, name="audit")
+    r.add_get("/requests", requests_page, name="requests")
     r.add_static("/static/", STATIC, name="static")
     sub.on_shutdown.append(lambda _app: console.live.close())
     app.add_subapp(PREFIX, sub)

@@ -1,5 +1,6 @@
 """What the console shows, computed from store values (no I/O here): masked numbers, the merged
-timeline of one conversation, the consent panel, the opt-in funnel and its SVG bars.
+timeline of one conversation, the consent panel, open data-subject requests with their deadlines,
+the opt-in funnel and its SVG bars.
 
 Everything returned is plain data for the Jinja templates, which escape every value.
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation
 from bot.core.messages import DeliveryStatus, Inbound, InboundKind, Outbound, OutboundKind
-from bot.core.proof import ChainCheck, summarise
+from bot.core.proof import ChainCheck, normalise_number, summarise
 from bot.store.base import OutState, StepRecord, TranscriptEntry
+from bot.store.privacy import DataRequest
 
 DOT = "\u2022"
 _PHONEISH = re.compile(r"^\+?[\d\s().-]{4,}$")
@@ -298,6 +300,89 @@ def consent_rows(
 
 def chain_line(check: ChainCheck) -> str:
     return check.describe()
+
+
+# --- data-subject requests -----------------------------------------------------------------------
+REQUEST_KINDS: dict[str, str] = {
+    "access": "access (GDPR 15)",
+    "portability": "portability (GDPR 20)",
+    "erasure": "erasure (GDPR 17)",
+    "restriction": "restriction (GDPR 18)",
+    "lift_restriction": "lift restriction (GDPR 18)",
+}
+SOON_DAYS = 7  # a request due within this many days is marked "due soon"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """One open data-subject request as the console shows it. ``days_left`` counts whole days until
+    ``due_at`` (0 in its last day; for an overdue request, minus the whole days it is late).
+    ``hidden``: the subject's processing is restricted and the viewer may not see who it is (no
+    label, no link)."""
+
+    request: DataRequest
+    kind: str
+    label: str
+    key: str  # the subject's conversation key ("" when there is none, or hidden)
+    hidden: bool
+    days_left: int
+    overdue: bool
+    soon: bool
+    due_text: str
+
+
+def due_status(due_at: datetime, now: datetime) -> tuple[int, bool, str]:
+    """(days left, overdue, text) of a deadline. Overdue means ``due_at`` has passed (the rule of
+    ``consentbot dsr list``)."""
+    day = timedelta(days=1)
+    if due_at < now:
+        late = (now - due_at) // day
+        text = f"overdue by {late} day{'' if late == 1 else 's'}" if late else "overdue (less than a day)"
+        return -late, True, text
+    left = (due_at - now) // day
+    text = f"{left} day{'' if left == 1 else 's'} left" if left else "less than a day left"
+    return left, False, text
+
+
+def request_row(
+    request: DataRequest, conversation: Conversation | None, now: datetime, may_see_restricted: bool
+) -> RequestRow:
+    """The row of one request; ``conversation`` is the subject's conversation when one exists. The
+    subject is masked like the conversation list masks numbers."""
+    hidden = conversation is not None and conversation.restricted and not may_see_restricted
+    if hidden:
+        label = ""
+    elif conversation is not None:
+        label = customer_label(conversation)
+    else:
+        label = mask_number(request.subject)
+    days, overdue, text = due_status(request.due_at, now)
+    return RequestRow(
+        request=request,
+        kind=REQUEST_KINDS.get(str(request.kind), str(request.kind)),
+        label=label,
+        key="" if hidden or conversation is None else conversation.key,
+        hidden=hidden,
+        days_left=days,
+        overdue=overdue,
+        soon=not overdue and days < SOON_DAYS,
+        due_text=text,
+    )
+
+
+def is_subject_of(subject: str, conversation: Conversation) -> bool:
+    """True when a request's ``subject`` names this conversation's customer: its subject or wa_id,
+    also when typed as a number with ``+`` and spaces."""
+    own = {conversation.subject, conversation.wa_id or ""} - {""}
+    digits = normalise_number(subject)
+    return subject in own or (len(digits) >= 7 and digits in own)
+
+
+def day(at: datetime | None) -> str:
+    """``2025-03-31`` (UTC)."""
+    if at is None:
+        return ""
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
 # --- funnel --------------------------------------------------------------------------------------
