@@ -306,6 +306,14 @@ class Dispatcher:
         """Record a delivery status; False when no sent message has that wamid (yet)."""
         now = self.clock()
         entry = await self.store.transcript.apply_status(update, now)
+        # The send's own answer never came (timeout, crash) but the status names the entry: adopt the
+        # wamid so the entry counts as sent and is never sent again.
+        if (
+            entry is None
+            and update.callback_data
+            and await self.store.transcript.adopt(update.callback_data, update.message_id, now)
+        ):
+            entry = await self.store.transcript.apply_status(update, now)
         if entry is None:
             return False
         if update.status is not DeliveryStatus.FAILED:

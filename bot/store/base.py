@@ -367,6 +367,13 @@ class Transcript(ABC):
         order. Returns the updated entry, or None for an unknown wamid."""
 
     @abstractmethod
+    async def adopt(self, entry_id: str, wamid: str, now: datetime) -> bool:
+        """Meta accepted an outbound entry whose send outcome was unknown to us (a status webhook names
+        it through ``biz_opaque_callback_data``): record it ACCEPTED with ``wamid`` whoever holds its
+        lease, so it is never sent again. Only a PENDING or SENDING entry without a wamid changes;
+        returns whether it did."""
+
+    @abstractmethod
     async def by_wamid(self, wamid: str) -> TranscriptEntry | None: ...
 
     @abstractmethod

@@ -399,6 +399,22 @@ class MemoryTranscript(Transcript):
         row.entry = _copy_entry(with_status(row.entry, update, millis(at)))
         return _copy_entry(row.entry)
 
+    async def adopt(self, entry_id: str, wamid: str, now: datetime) -> bool:
+        row = self._d.transcript.get(entry_id)
+        if row is None or row.entry.direction != "out" or row.entry.wamid:
+            return False
+        if row.entry.out_state not in (OutState.PENDING, OutState.SENDING):
+            return False
+        now = millis(now)
+        row.entry = _copy_entry(
+            replace(row.entry, out_state=OutState.ACCEPTED, wamid=wamid, delivery=DeliveryStatus.ACCEPTED,
+                    delivery_at=now, next_attempt_at=None)
+        )
+        row.lease_owner, row.lease_until, row.queue_at = "", None, None
+        row.accepted_at = now
+        self._d.wamids[wamid] = entry_id
+        return True
+
     async def by_wamid(self, wamid: str) -> TranscriptEntry | None:
         entry_id = self._d.wamids.get(wamid)
         row = None if entry_id is None else self._d.transcript.get(entry_id)

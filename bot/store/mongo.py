@@ -640,6 +640,17 @@ class MongoTranscript(Transcript):
             )
         return bool(result.matched_count)
 
+    async def adopt(self, entry_id: str, wamid: str, now: datetime) -> bool:
+        accepted = {"state": str(OutState.ACCEPTED), "wamid": wamid, "delivery": str(DeliveryStatus.ACCEPTED),
+                    "delivery_at": now, "delivery_rank": STATUS_RANK[DeliveryStatus.ACCEPTED], "accepted_at": now}
+        with translated("transcript.adopt"):
+            result = await self._c.update_one(
+                {"_id": entry_id, "dir": "out", "state": {"$in": [str(OutState.PENDING), str(OutState.SENDING)]},
+                 "wamid": {"$in": [None, ""]}},
+                {"$set": accepted, "$unset": {"lease": "", "queue_at": "", "next_at": ""}},
+            )
+        return bool(result.modified_count)
+
     async def apply_status(self, update: StatusUpdate, at: datetime) -> TranscriptEntry | None:
         rank = STATUS_RANK[update.status]
         push = {"$push": {"statuses": {"status": str(update.status), "at": at}}}

@@ -268,3 +268,29 @@ async def test_metrics_expose_the_pipeline(service: Running) -> None:
     assert 'consentbot_sends_total{result="accepted"}' in text
     assert "consentbot_inbox_pending" in text
     assert 'consentbot_webhooks_total{result="received"}' in text
+
+
+async def test_a_status_naming_the_entry_settles_a_send_whose_answer_was_lost(service: Running) -> None:
+    """The Graph API accepted a message but its answer never reached us (timeout, crash): the status
+    webhook carries the entry id as biz_opaque_callback_data, and the entry is adopted, never resent."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    store = service.services.store
+    now = datetime.now(UTC)
+    message = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="Are you still there?")
+    assert await store.transcript.add_outbound(KEY, NUMBER, message, now, "test", "test:lost-answer")
+    [claimed] = await store.transcript.claim("a-process-that-died", now, 30, entry_ids=["test:lost-answer"])
+    payload = status_payload(NUMBER, "wamid.LOST-ANSWER", "sent")
+    payload["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] = claimed.id
+    assert await post_webhook(service.base, payload, service.settings.app_secret.reveal()) == 200
+
+    async def adopted() -> bool:
+        entry = await store.transcript.by_wamid("wamid.LOST-ANSWER")
+        return entry is not None and entry.id == claimed.id and entry.out_state is OutState.ACCEPTED
+
+    await wait_until(adopted, what="the entry to be adopted from its status")
+    entry = await store.transcript.by_wamid("wamid.LOST-ANSWER")
+    assert entry is not None and entry.delivery is DeliveryStatus.SENT
+    await service.services.components["poller"].tick()
+    await service.services.components["dispatcher"].idle()
+    assert len(service.sim.sent_to(NUMBER)) == 1  # the lost-answer message was not sent again

@@ -307,6 +307,17 @@ class StoreContract:
         assert await store.ledger.delete("s1") == 0
 
     # --- transcript and outbox -------------------------------------------------------------------
+    async def test_adopt_marks_an_unknown_outcome_accepted_once(self, store: Store) -> None:
+        conv = conversation()
+        [out_id] = await first_commit(store, conv, outs=(outbound("hi"),))
+        assert await store.transcript.adopt(out_id, "wamid.ADOPTED", at(3)) is True
+        entry = await store.transcript.by_wamid("wamid.ADOPTED")
+        assert entry is not None and entry.id == out_id and entry.out_state is OutState.ACCEPTED
+        assert await store.transcript.adopt(out_id, "wamid.OTHER", at(4)) is False  # it has a wamid now
+        assert await store.transcript.claim("w2", at(100), 10) == []  # never sent again
+        assert await store.transcript.settle(out_id, "w1", SendOutcome(OutState.ACCEPTED, wamid="x"), at(5)) is False
+        assert await store.transcript.adopt("no-such-entry", "wamid.Z", at(5)) is False
+
     async def test_committed_outbound_is_leased_to_the_committer(self, store: Store) -> None:
         conv = conversation()
         [out_id] = await first_commit(store, conv, outs=(outbound("hi"),))  # step at 1 s, lease 30 s
