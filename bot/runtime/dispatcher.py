@@ -45,6 +45,10 @@ class TimerWork:
     name: str
 
 
+def _notice_key(notice: Any) -> tuple[str, str, str]:
+    return (str(getattr(notice, "version", "")), str(getattr(notice, "locale", "")), str(getattr(notice, "sha256", "")))
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -76,6 +80,8 @@ class Dispatcher:
         self._workers_n = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._notices_stored: set[tuple[str, str, str]] = set()
+        self._finished: dict[str, float] = {}  # key -> monotonic time its last turn ended
         self.processed = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -106,6 +112,14 @@ class Dispatcher:
         """Ask for these conversations to be processed. Never blocks; a full queue drops the hint
         (the entries are durable and the poller picks them up)."""
         for key in keys:
+            self._enqueue(key)
+
+    def notify_recovered(self, keys: Iterable[str], since: float) -> None:
+        """Hints from the poller, whose query started at ``since`` (monotonic): skip conversations this
+        process is running, or finished after that query began (their entries were already done)."""
+        for key in keys:
+            if key in self._busy or self._finished.get(key, -1.0) >= since:
+                continue
             self._enqueue(key)
 
     def notify_timer(self, key: str, name: str) -> None:
@@ -146,6 +160,10 @@ class Dispatcher:
             finally:
                 logs.conversation.reset(token)
                 self._busy.discard(key)
+                self._finished[key] = time.monotonic()
+                if len(self._finished) > 50_000:
+                    horizon = time.monotonic() - 60.0
+                    self._finished = {k: t for k, t in self._finished.items() if t >= horizon}
 
     # --- conversations ---------------------------------------------------------------------------
     async def _run_conversation(self, key: str) -> None:
@@ -251,7 +269,12 @@ class Dispatcher:
             inbox_ids=inbox_ids,
         )
         if turn.notices and self.on_notices is not None:
-            await self.on_notices(turn.notices)  # the texts the consent events hash, stored first
+            # The texts the consent events hash, stored first; each distinct text once per process
+            # (notices are immutable, the store's put is idempotent).
+            fresh = [n for n in turn.notices if _notice_key(n) not in self._notices_stored]
+            if fresh:
+                await self.on_notices(fresh)
+                self._notices_stored.update(_notice_key(n) for n in fresh)
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
         self.metrics.steps.inc(cause=str(cause))
         self.processed += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -71,10 +72,11 @@ class Poller:
     async def tick(self) -> None:
         """One round of recovery (also called directly by tests)."""
         now = self.clock()
+        started = time.monotonic()
         keys = await self.store.inbox.pending_keys(limit=500, not_after=now - timedelta(seconds=self.grace))
         if keys:
             log.debug("inbox work waiting", extra={"conversations": len(keys)})
-        self.dispatcher.notify(keys)
+        self.dispatcher.notify_recovered(keys, since=started)
         self.dispatcher.timers_due(await self.store.conversations.due_timers(now, limit=500))
         if len(self._sending) < 64:
             claimed = await self.store.transcript.claim(self.owner, now, self.lease_seconds, limit=64)
