@@ -15,9 +15,8 @@ creates its indexes idempotently in :meth:`MongoAccountStore.open`. Collections:
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,15 +24,10 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
-    AutoReconnect,
-    ConnectionFailure,
     DuplicateKeyError,
-    NetworkTimeout,
-    PyMongoError,
-    ServerSelectionTimeoutError,
 )
 
-from bot.errors import StoreError, StoreUnavailable
+from bot.errors import StoreError
 from bot.store.accounts import (
     AccountStore,
     Agent,
@@ -44,22 +38,10 @@ from bot.store.accounts import (
     Session,
     Sessions,
 )
+from bot.store.mongo import translated
 from bot.store.privacy import ms
 
 Doc = dict[str, Any]
-
-
-@contextlib.asynccontextmanager
-async def translated(operation: str) -> AsyncIterator[None]:
-    """Driver errors out: unreachable -> StoreUnavailable, anything else -> StoreError."""
-    try:
-        yield
-    except (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError) as exc:
-        raise StoreUnavailable(f"{operation}: database unreachable ({type(exc).__name__})") from exc
-    except DuplicateKeyError:
-        raise
-    except PyMongoError as exc:
-        raise StoreError(f"{operation}: {type(exc).__name__}") from exc
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -102,7 +84,7 @@ class MongoAgents(Agents):
             "disabled_at": None if agent.disabled_at is None else ms(agent.disabled_at),
             "password_changed_at": None if agent.password_changed_at is None else ms(agent.password_changed_at),
         }
-        async with translated("agents.add"):
+        with translated("agents.add"):
             try:
                 await self.coll.insert_one(doc)
             except DuplicateKeyError:
@@ -110,23 +92,23 @@ class MongoAgents(Agents):
         return True
 
     async def get(self, name: str) -> Agent | None:
-        async with translated("agents.get"):
+        with translated("agents.get"):
             doc = await self.coll.find_one({"_id": name})
         return None if doc is None else _agent_from(doc)
 
     async def all(self) -> list[Agent]:
-        async with translated("agents.all"):
+        with translated("agents.all"):
             return [_agent_from(d) async for d in self.coll.find({}).sort("_id", ASCENDING)]
 
     async def set_password(self, name: str, password_hash: str, at: datetime) -> bool:
-        async with translated("agents.set_password"):
+        with translated("agents.set_password"):
             result = await self.coll.update_one(
                 {"_id": name}, {"$set": {"password_hash": password_hash, "password_changed_at": ms(at)}}
             )
         return result.matched_count == 1
 
     async def disable(self, name: str, at: datetime) -> bool:
-        async with translated("agents.disable"):
+        with translated("agents.disable"):
             result = await self.coll.update_one(
                 {"_id": name, "disabled": {"$ne": True}}, {"$set": {"disabled": True, "disabled_at": ms(at)}}
             )
@@ -164,20 +146,20 @@ class MongoSessions(Sessions):
             "expires_at": ms(session.expires_at),
             "ip": session.ip,
         }
-        async with translated("sessions.create"):
+        with translated("sessions.create"):
             try:
                 await self.coll.insert_one(doc)
             except DuplicateKeyError:
                 raise StoreError("sessions.create: session id clash") from None
 
     async def get(self, session_id: str) -> Session | None:
-        async with translated("sessions.get"):
+        with translated("sessions.get"):
             doc = await self.coll.find_one({"_id": session_id})
         return None if doc is None else _session_from(doc)
 
     async def touch(self, session_id: str, idle_until: datetime) -> None:
         until = ms(idle_until)
-        async with translated("sessions.touch"):
+        with translated("sessions.touch"):
             # one write: move forward only, capped at expires_at
             await self.coll.update_one(
                 {"_id": session_id, "idle_until": {"$lt": until}},
@@ -185,11 +167,11 @@ class MongoSessions(Sessions):
             )
 
     async def delete(self, session_id: str) -> None:
-        async with translated("sessions.delete"):
+        with translated("sessions.delete"):
             await self.coll.delete_one({"_id": session_id})
 
     async def delete_for(self, agent: str) -> int:
-        async with translated("sessions.delete_for"):
+        with translated("sessions.delete_for"):
             result = await self.coll.delete_many({"agent": agent})
         return int(result.deleted_count)
 
@@ -243,11 +225,11 @@ class MongoAudit(Audit):
             "ip": entry.ip,
             "detail": dict(entry.detail),
         }
-        async with translated("audit.append"):
+        with translated("audit.append"):
             await self.coll.insert_one(doc)
 
     async def find(self, query: AuditQuery, skip: int = 0, limit: int = 50) -> list[AuditEntry]:
-        async with translated("audit.find"):
+        with translated("audit.find"):
             cursor = (
                 self.coll.find(_audit_filter(query))
                 .sort([("at", DESCENDING), ("_id", DESCENDING)])
@@ -257,7 +239,7 @@ class MongoAudit(Audit):
             return [_audit_from(d) async for d in cursor]
 
     async def count(self, query: AuditQuery) -> int:
-        async with translated("audit.count"):
+        with translated("audit.count"):
             return int(await self.coll.count_documents(_audit_filter(query)))
 
 
@@ -271,7 +253,7 @@ class MongoAccountStore(AccountStore):
         self.audit = MongoAudit(db["audit"])
 
     async def open(self) -> None:
-        async with translated("accounts.open"):
+        with translated("accounts.open"):
             sessions = self.db["console_sessions"]
             await sessions.create_index([("agent", ASCENDING)], name="agent")
             await sessions.create_index([("expires_at", ASCENDING)], name="ttl_expires_at", expireAfterSeconds=0)

@@ -23,8 +23,7 @@ through a separate privacy role; the port's role check is the application-level 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,20 +32,16 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
-    AutoReconnect,
-    ConnectionFailure,
     DuplicateKeyError,
-    NetworkTimeout,
-    PyMongoError,
-    ServerSelectionTimeoutError,
 )
 
 from bot.core.consent import ConsentRecord
 from bot.core.project import Retention
 from bot.core.proof import notice_from_doc, notice_intact, notice_to_doc
 from bot.core.rendering import NoticeText
-from bot.errors import NotFound, StoreError, StoreUnavailable
+from bot.errors import NotFound
 from bot.store import indexes as ix
+from bot.store.mongo import translated
 from bot.store.privacy import (
     AccessDenied,
     BlockedProof,
@@ -69,17 +64,6 @@ from bot.store.privacy import (
 
 Doc = dict[str, Any]
 DSR_KEEP_SECONDS = 3 * 365 * 86400  # DSR records are kept 3 years after completion (accountability)
-
-
-@contextlib.asynccontextmanager
-async def translated(operation: str) -> AsyncIterator[None]:
-    """Translate driver errors: unreachable -> StoreUnavailable, anything else -> StoreError."""
-    try:
-        yield
-    except (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError) as exc:
-        raise StoreUnavailable(f"{operation}: database unreachable ({type(exc).__name__})") from exc
-    except PyMongoError as exc:
-        raise StoreError(f"{operation}: {type(exc).__name__}") from exc
 
 
 def aware(value: datetime) -> datetime:
@@ -111,7 +95,7 @@ async def ensure_ttl_index(db: AsyncDatabase[Doc], collection: str, field: str, 
     value (a plain single-field index on ``field`` becomes a TTL index the same way). Idempotent."""
     if seconds < 0:
         raise InvalidRecord(f"{collection}.{field}: expireAfterSeconds must be >= 0 (got {seconds})")
-    async with translated(f"ttl index {collection}.{field}"):
+    with translated(f"ttl index {collection}.{field}"):
         coll = db[collection]
         async for index in await coll.list_indexes():
             if list(index["key"].items()) == [(field, 1)]:
@@ -186,7 +170,7 @@ class MongoNotices(Notices):
         if not notice_intact(notice):
             raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
         doc = {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice_to_doc(notice)}
-        async with translated("notices.put"):
+        with translated("notices.put"):
             try:
                 await self.coll.insert_one(doc)
             except DuplicateKeyError:
@@ -194,18 +178,18 @@ class MongoNotices(Notices):
         return True
 
     async def get(self, sha256: str) -> NoticeText | None:
-        async with translated("notices.get"):
+        with translated("notices.get"):
             doc = await self.coll.find_one({"sha256": sha256})
         return None if doc is None else notice_from_doc(doc)
 
     async def many(self, hashes: Sequence[str]) -> list[NoticeText]:
         if not hashes:
             return []
-        async with translated("notices.many"):
+        with translated("notices.many"):
             return [notice_from_doc(d) async for d in self.coll.find({"sha256": {"$in": list(set(hashes))}})]
 
     async def versions(self, version: str, locale: str) -> list[NoticeText]:
-        async with translated("notices.versions"):
+        with translated("notices.versions"):
             return [notice_from_doc(d) async for d in self.coll.find({"version": version, "locale": locale})]
 
 
@@ -214,7 +198,7 @@ class MongoSuppression(Suppression):
         self.coll = coll
 
     async def add(self, key: str, scope: str, at: datetime) -> bool:
-        async with translated("suppression.add"):
+        with translated("suppression.add"):
             try:
                 result = await self.coll.update_one(
                     {"_id": key}, {"$setOnInsert": {"scope": str(scope), "since": ms(at)}}, upsert=True
@@ -229,11 +213,11 @@ class MongoSuppression(Suppression):
         return False
 
     async def is_suppressed(self, key: str) -> bool:
-        async with translated("suppression.is_suppressed"):
+        with translated("suppression.is_suppressed"):
             return await self.coll.find_one({"_id": key}, projection={"_id": 1}) is not None
 
     async def get(self, key: str) -> SuppressionEntry | None:
-        async with translated("suppression.get"):
+        with translated("suppression.get"):
             doc = await self.coll.find_one({"_id": key})
         return None if doc is None else SuppressionEntry(doc["_id"], doc["scope"], aware(doc["since"]))
 
@@ -252,7 +236,7 @@ class MongoBlockedProof(BlockedProof):
             "destroy_at": ms(entry.destroy_at),
             "reason": entry.reason,
         }
-        async with translated("blocked_proof.block"):
+        with translated("blocked_proof.block"):
             try:
                 await self.coll.insert_one(doc)
             except DuplicateKeyError:
@@ -262,7 +246,7 @@ class MongoBlockedProof(BlockedProof):
     async def read(self, subject: str, principal: Principal) -> list[BlockedProofEntry]:
         if not principal.has(Role.PRIVACY):
             raise AccessDenied("blocked_proof.read", str(Role.PRIVACY))
-        async with translated("blocked_proof.read"):
+        with translated("blocked_proof.read"):
             docs = [d async for d in self.coll.find({"subject": subject}).sort([("blocked_at", 1), ("_id", 1)])]
         return [
             BlockedProofEntry(
@@ -278,7 +262,7 @@ class MongoBlockedProof(BlockedProof):
         ]
 
     async def count(self) -> int:
-        async with translated("blocked_proof.count"):
+        with translated("blocked_proof.count"):
             return await self.coll.count_documents({})
 
 
@@ -317,7 +301,7 @@ class MongoDataRequests(DataRequests):
         self.coll = coll
 
     async def open(self, request: DataRequest) -> bool:
-        async with translated("data_requests.open"):
+        with translated("data_requests.open"):
             try:
                 await self.coll.insert_one(_request_to_doc(request))
             except DuplicateKeyError:
@@ -332,7 +316,7 @@ class MongoDataRequests(DataRequests):
             changes["note"] = note
         if result is not None:
             changes["result"] = dict(result)
-        async with translated("data_requests.close"):
+        with translated("data_requests.close"):
             doc = await self.coll.find_one_and_update(
                 {"_id": request_id}, {"$set": changes}, return_document=ReturnDocument.AFTER
             )
@@ -341,17 +325,17 @@ class MongoDataRequests(DataRequests):
         return _request_from_doc(doc)
 
     async def get(self, request_id: str) -> DataRequest | None:
-        async with translated("data_requests.get"):
+        with translated("data_requests.get"):
             doc = await self.coll.find_one({"_id": request_id})
         return None if doc is None else _request_from_doc(doc)
 
     async def list_open(self, limit: int = 100) -> list[DataRequest]:
-        async with translated("data_requests.list_open"):
+        with translated("data_requests.list_open"):
             cursor = self.coll.find({"status": str(RequestStatus.OPEN)}).sort([("due_at", 1), ("_id", 1)]).limit(limit)
             return [_request_from_doc(d) async for d in cursor]
 
     async def for_subject(self, subject: str) -> list[DataRequest]:
-        async with translated("data_requests.for_subject"):
+        with translated("data_requests.for_subject"):
             cursor = self.coll.find({"subject": subject}).sort([("received_at", 1), ("_id", 1)])
             return [_request_from_doc(d) async for d in cursor]
 
@@ -361,7 +345,7 @@ class MongoRestrictions(Restrictions):
         self.coll = coll
 
     async def restrict(self, subject: str, at: datetime, actor: str) -> bool:
-        async with translated("restrictions.restrict"):
+        with translated("restrictions.restrict"):
             try:
                 await self.coll.insert_one({"_id": subject, "since": ms(at), "actor": actor})
             except DuplicateKeyError:
@@ -369,16 +353,16 @@ class MongoRestrictions(Restrictions):
         return True
 
     async def unrestrict(self, subject: str) -> bool:
-        async with translated("restrictions.unrestrict"):
+        with translated("restrictions.unrestrict"):
             result = await self.coll.delete_one({"_id": subject})
         return result.deleted_count == 1
 
     async def is_restricted(self, subject: str) -> bool:
-        async with translated("restrictions.is_restricted"):
+        with translated("restrictions.is_restricted"):
             return await self.coll.find_one({"_id": subject}, projection={"_id": 1}) is not None
 
     async def subjects(self) -> list[str]:
-        async with translated("restrictions.subjects"):
+        with translated("restrictions.subjects"):
             return [d["_id"] async for d in self.coll.find({}, projection={"_id": 1}).sort("_id", 1)]
 
 
@@ -394,7 +378,7 @@ class MongoPrivacyStore(PrivacyStore):
         self.restrictions = MongoRestrictions(db["restrictions"])
 
     async def open(self) -> None:
-        async with translated("privacy.open"):
+        with translated("privacy.open"):
             await self.db["notices"].create_index([("sha256", ASCENDING)], name="sha256")
             await self.db["notices"].create_index(
                 [("version", ASCENDING), ("locale", ASCENDING)], name="version_locale"
