@@ -116,6 +116,8 @@ class _Data:
     steps: dict[str, list[StepRecord]] = field(default_factory=dict)
     transcript: dict[str, _OutRow] = field(default_factory=dict)
     outbound_by_subject: dict[str, list[_OutRow]] = field(default_factory=dict)  # frequency-cap counts
+    pending: dict[str, dict[str, _InboxRow]] = field(default_factory=dict)  # key -> id -> row, not done yet
+    by_key: dict[str, list[_OutRow]] = field(default_factory=dict)  # transcript rows per conversation
     wamids: dict[str, str] = field(default_factory=dict)
     consent: dict[str, list[ConsentRecord]] = field(default_factory=dict)
     counter: Iterator[int] = field(default_factory=itertools.count)
@@ -158,6 +160,15 @@ def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentReco
     return records
 
 
+def _done(data: _Data, row: _InboxRow) -> None:
+    row.done = True
+    rows = data.pending.get(row.entry.conversation_key)
+    if rows is not None:
+        rows.pop(row.entry.id, None)
+        if not rows:
+            del data.pending[row.entry.conversation_key]
+
+
 # --- ports ---------------------------------------------------------------------------------------
 class MemoryInbox(Inbox):
     def __init__(self, data: _Data) -> None:
@@ -167,19 +178,21 @@ class MemoryInbox(Inbox):
         new = 0
         for entry in entries:
             if entry.id not in self._d.inbox:
-                self._d.inbox[entry.id] = _InboxRow(_copy_inbox(entry), next(self._d.counter))
+                row = _InboxRow(_copy_inbox(entry), next(self._d.counter))
+                self._d.inbox[entry.id] = row
+                self._d.pending.setdefault(entry.conversation_key, {})[entry.id] = row
                 new += 1
         return new
 
     async def pending(self, conversation_key: str, limit: int = 100) -> list[InboxEntry]:
-        rows = [r for r in self._d.inbox.values() if not r.done and r.entry.conversation_key == conversation_key]
+        rows = list(self._d.pending.get(conversation_key, {}).values())
         rows.sort(key=lambda r: (r.entry.timestamp, r.order))
         return [_copy_inbox(r.entry) for r in rows[:limit]]
 
     async def pending_keys(self, limit: int = 100, not_after: datetime | None = None) -> list[str]:
         oldest: dict[str, tuple[datetime, int]] = {}
-        for r in self._d.inbox.values():
-            if r.done or (not_after is not None and r.entry.received_at > not_after):
+        for r in (row for rows in self._d.pending.values() for row in rows.values()):
+            if not_after is not None and r.entry.received_at > not_after:
                 continue
             mark = (r.entry.received_at, r.order)
             key = r.entry.conversation_key
@@ -191,7 +204,7 @@ class MemoryInbox(Inbox):
         for entry_id in ids:
             row = self._d.inbox.get(entry_id)
             if row is not None:
-                row.done = True
+                _done(self._d, row)
 
     async def bump_attempts(self, entry_id: str) -> int:
         row = self._d.inbox.get(entry_id)
@@ -201,7 +214,7 @@ class MemoryInbox(Inbox):
         return row.entry.attempts
 
     async def count_pending(self) -> int:
-        return sum(1 for r in self._d.inbox.values() if not r.done)
+        return sum(len(rows) for rows in self._d.pending.values())
 
 
 class MemoryConversations(Conversations):
@@ -324,11 +337,12 @@ class MemoryStepLog(StepLog):
                 out_ids.append(entry.id)
                 self._d.outbound_by_subject.setdefault(entry.subject, []).append(row)
             self._d.transcript[entry.id] = row
+            self._d.by_key.setdefault(entry.key, []).append(row)
         _chain(self._d, step.consent)
         for entry_id in step.inbox_ids:
             row_in = self._d.inbox.get(entry_id)
             if row_in is not None:
-                row_in.done = True
+                _done(self._d, row_in)
         return out_ids
 
     async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:
@@ -355,6 +369,7 @@ class MemoryTranscript(Transcript):
         row.queue_at = row.entry.at
         self._d.transcript[entry_id] = row
         self._d.outbound_by_subject.setdefault(subject, []).append(row)
+        self._d.by_key.setdefault(key, []).append(row)
         return True
 
     async def claim(
@@ -423,10 +438,7 @@ class MemoryTranscript(Transcript):
     async def for_conversation(
         self, key: str, after: datetime | None = None, limit: int = 500
     ) -> list[TranscriptEntry]:
-        rows = [
-            r for r in self._d.transcript.values()
-            if r.entry.key == key and (after is None or r.entry.at > after)
-        ]
+        rows = [r for r in self._d.by_key.get(key, ()) if after is None or r.entry.at > after]
         rows.sort(key=lambda r: (r.entry.at, r.pos, r.order))
         return [_copy_entry(r.entry) for r in rows[:limit]]
 
@@ -442,7 +454,7 @@ class MemoryTranscript(Transcript):
         )
 
     async def delete(self, key: str) -> int:
-        ids = [i for i, r in self._d.transcript.items() if r.entry.key == key]
+        ids = [r.entry.id for r in self._d.by_key.pop(key, [])]
         for entry_id in ids:
             row = self._d.transcript.pop(entry_id)
             self._d.wamids.pop(row.entry.wamid, None)

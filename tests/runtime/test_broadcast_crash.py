@@ -151,7 +151,7 @@ async def test_kill_9_mid_campaign_then_resume_sends_each_recipient_exactly_once
 
     second = await start_run(world, campaign.id)
     out, err = await asyncio.wait_for(second.communicate(), 90)
-    assert second.returncode == 0, err.decode()[-3000:]
+    assert second.returncode == 0, (out.decode()[-3000:], err.decode()[-3000:])
     assert b"done" in out
 
     counts = {s: sum(1 for b in sim.sent_to(s) if b.get("type") == "template") for s in subjects}  # type: ignore[attr-defined]
