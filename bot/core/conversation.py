@@ -7,13 +7,13 @@ state back. ``version`` is the optimistic-concurrency counter; a :class:`Step` m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from bot.core.consent import ConsentEventDraft
-from bot.core.messages import Inbound, Outbound
+from bot.core.messages import Inbound, Outbound, json_copy
 
 
 def conversation_key(phone_number_id: str, subject: str) -> str:
@@ -113,7 +113,9 @@ class Conversation:
         return replace(self, **changes)
 
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
+        # Field by field (``dataclasses.asdict`` deep-copies recursively and cost ~90 µs per head).
+        doc = {name: getattr(self, name) for name in _CONVERSATION_ORDER}
+        doc["slots"] = json_copy(self.slots)
         doc["consent"] = {
             p: {"state": str(s.state), "since": s.since, "notice_version": s.notice_version}
             for p, s in self.consent.items()
@@ -134,7 +136,9 @@ class Conversation:
         return cls(**d)
 
 
-_CONVERSATION_FIELDS = frozenset(Conversation.__dataclass_fields__)
+_CONVERSATION_ORDER = tuple(Conversation.__dataclass_fields__)
+_CONVERSATION_FIELDS = frozenset(_CONVERSATION_ORDER)
+
 
 
 class Cause(StrEnum):

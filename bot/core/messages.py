@@ -66,8 +66,11 @@ class Inbound:
     errors: tuple[ErrorInfo, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
+        # Field by field: ``dataclasses.asdict`` deep-copies recursively (on the webhook's hot path).
+        doc = {name: getattr(self, name) for name in _INBOUND_ORDER}
         doc["kind"] = str(self.kind)
+        doc["referral"] = None if self.referral is None else json_copy(self.referral)
+        doc["data"] = json_copy(self.data)
         doc["errors"] = [asdict(e) for e in self.errors]
         return doc
 
@@ -89,6 +92,18 @@ class ErrorInfo:
     message: str = ""
     details: str = ""
     href: str = ""
+
+
+_INBOUND_ORDER = tuple(Inbound.__dataclass_fields__)
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of JSON-like data (dicts and lists copied, tuples become lists, leaves shared)."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_copy(v) for v in value]
+    return value
 
 
 class DeliveryStatus(StrEnum):
