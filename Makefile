@@ -25,7 +25,10 @@ lint: $(BIN)/.installed
 	$(BIN)/lint-imports
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/store_commit.py
+	$(BIN)/python bench/pipeline.py --returning 200
+	$(BIN)/python bench/campaign.py --store memory --recipients 100000 --rate 1000
 
 clean:
 	rm -rf $(VENV) .consentbot

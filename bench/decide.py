@@ -4,7 +4,7 @@ Runs the full double opt-in path (first contact with the first-layer notice, age
 frequency, confirmation request, confirming tap, an ordinary question, a HELP, STOP) over and over with
 fresh conversations, timing every call. Prints the median and p99 per call, overall and per step.
 
-    /work/venv/bin/python bench/decide.py [--rounds 3000]
+    .venv/bin/python bench/decide.py [--rounds 3000]
 """
 
 from __future__ import annotations
