@@ -273,9 +273,20 @@ class Outbound:
     template_id: str = ""  # the flow template this was rendered from (for the transcript)
 
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
+        # Field by field: ``dataclasses.asdict`` deep-copies recursively (on every commit and settle).
+        doc = {name: getattr(self, name) for name in _OUTBOUND_ORDER}
         doc["kind"] = str(self.kind)
         doc["category"] = str(self.category)
+        doc["buttons"] = [{"id": b.id, "title": b.title} for b in self.buttons]
+        doc["sections"] = [
+            {"title": s.title, "rows": [{"id": r.id, "title": r.title, "description": r.description} for r in s.rows]}
+            for s in self.sections
+        ]
+        for key in ("template", "fallback"):
+            t: TemplateRef | None = getattr(self, key)
+            doc[key] = None if t is None else {
+                "name": t.name, "language": t.language, "components": json_copy(t.components)
+            }
         return doc
 
     @classmethod
@@ -296,3 +307,6 @@ class Outbound:
                     name=t["name"], language=t["language"], components=tuple(t.get("components", ()))
                 )
         return cls(**d)
+
+
+_OUTBOUND_ORDER = tuple(Outbound.__dataclass_fields__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -264,10 +264,16 @@ class StepRecord:
         )
 
     def to_doc(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["transitions"] = [asdict(t) for t in self.transitions]
-        doc["notes"] = list(self.notes)
-        return doc
+        return {
+            "key": self.key,
+            "seq": self.seq,
+            "at": self.at,
+            "cause": self.cause,
+            "cause_id": self.cause_id,
+            "transitions": [{"trigger": t.trigger, "source": t.source, "dest": t.dest} for t in self.transitions],
+            "state": self.state,
+            "notes": list(self.notes),
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> StepRecord:
