@@ -279,6 +279,8 @@ class CampaignReceipts:
             )
 
 
+RECOVER_ROUNDS = 5
+
 SEND_SLOT: contextvars.ContextVar[float | None] = contextvars.ContextVar("campaign_send_slot", default=None)
 """The monotonic time this worker's next Graph request may start (set by the run's worker)."""
 SLOT_LEAD = 0.1  # a worker starts its database work this long before its slot
@@ -483,6 +485,7 @@ class _Run:
         self.lease_batch = max(1, min(self.opts.batch, int(rate * 0.5) + 1))
         self.queue: asyncio.Queue[Recipient | _Later] = asyncio.Queue(maxsize=self.lease_batch * 2)
         self.later: list[_Later] = []
+        self.recover_rounds = 0
         self.counter = itertools.count()
         self.pending_finishes: list[Finish] = []
         self.in_flight = 0
@@ -639,7 +642,16 @@ class _Run:
                 if left == 0:
                     return True
                 if tally.state(RecipientState.PENDING) == 0:
-                    return False  # someone else's recipients are in flight; a later run finishes them
+                    # Recipients still SENDING with nothing of this run in flight: this run holds the
+                    # campaign's run lease, so they belong to a run that died (or to a send of this run
+                    # that ended without an outcome). Reconcile them as in doubt, a bounded number of
+                    # times, instead of stopping with the campaign unfinished.
+                    if self.recover_rounds < RECOVER_ROUNDS:
+                        self.recover_rounds += 1
+                        await asyncio.sleep(0.2)
+                        await self._recover()
+                        continue
+                    return False
             await asyncio.sleep(0.02 if not scan.done() else 0.1)
 
     async def _drain_queue(self) -> None:
