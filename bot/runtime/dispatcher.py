@@ -82,7 +82,6 @@ class Dispatcher:
         self._closing = False
         self._notices_stored: set[tuple[str, str, str]] = set()
         self._finished: dict[str, float] = {}  # key -> monotonic time its last turn ended
-        self.processed = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -277,7 +276,6 @@ class Dispatcher:
                 self._notices_stored.update(_notice_key(n) for n in fresh)
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
         self.metrics.steps.inc(cause=str(cause))
-        self.processed += 1
         for entry_id, message in zip(ids, turn.outbox, strict=True):
             await self.sender.send(entry_id, message, head)
         if self.on_request is not None:

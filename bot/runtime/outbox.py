@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from bot.core.conversation import Conversation
-from bot.core.messages import Category, ErrorInfo, Outbound, OutboundKind
-from bot.core.policy import GateInput, Verdict, cap_period_start, decide_send
+from bot.core.messages import Category, ErrorInfo, Outbound
+from bot.core.policy import GateInput, Verdict, as_template, cap_period_start, decide_send
 from bot.core.project import Project
 from bot.errors import ChannelError
 from bot.runtime.inbox import consent_error_entry
@@ -191,13 +191,6 @@ class Sender:
     async def _queue_fallback(
         self, key: str, subject: str, entry_id: str, message: Outbound, sent_by: str, now: datetime
     ) -> None:
-        retry = Outbound(
-            to=message.to,
-            kind=OutboundKind.TEMPLATE,
-            template=message.fallback,
-            category=message.category,
-            purpose=message.purpose,
-            template_id=message.template_id,
-        )
+        retry = as_template(message)
         fallback_id = f"{entry_id}:fallback"
         await self.store.transcript.add_outbound(key, subject, retry, now, sent_by=sent_by, entry_id=fallback_id)

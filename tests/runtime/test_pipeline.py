@@ -294,3 +294,26 @@ async def test_a_status_naming_the_entry_settles_a_send_whose_answer_was_lost(se
     await service.services.components["poller"].tick()
     await service.services.components["dispatcher"].idle()
     assert len(service.sim.sent_to(NUMBER)) == 1  # the lost-answer message was not sent again
+
+
+async def test_status_131047_queues_the_approved_fallback_template(service: Running) -> None:
+    """Meta reports later that a free-form message fell outside the window: its fallback template goes."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.services.components["dispatcher"].idle()
+    message = Outbound(
+        to=NUMBER, kind=OutboundKind.TEXT, body="Your table is ready", category=Category.UTILITY,
+        fallback=TemplateRef(name="table_ready", language="en"),
+    )
+    state, _ = await _gate(service, message, "test:late-131047")
+    assert state is OutState.ACCEPTED
+    store = service.services.store
+    entries = {e.id: e for e in await store.transcript.for_conversation(KEY)}
+    wamid = entries["test:late-131047"].wamid
+    secret = service.settings.app_secret.reveal()
+    assert await post_webhook(service.base, status_payload(NUMBER, wamid, "failed", 131047), secret) == 200
+    sent = await bot_messages(service, 3)
+    assert sent[-1]["type"] == "template" and sent[-1]["template"]["name"] == "table_ready"
+    entries = {e.id: e for e in await store.transcript.for_conversation(KEY)}
+    assert entries["test:late-131047:fallback"].outbound is not None
+    assert entries["test:late-131047:fallback"].outbound.kind is OutboundKind.TEMPLATE
