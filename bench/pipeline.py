@@ -63,9 +63,16 @@ SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot.runtime.heap import settle_after_start_up  # noqa: E402
 from bot.whatsapp.signature import HEADER, sign, verify_signature  # noqa: E402
 
 PNID = "100000000000001"
+NUMBERS = [PNID]  # the business numbers customers write to (``--numbers``), one per customer by its number
+
+
+def pnid_for(wa_id: str) -> str:
+    """The business number a customer writes to: spread evenly over ``NUMBERS``."""
+    return NUMBERS[int(wa_id) % len(NUMBERS)]
 TOKEN = "bench-access-token"
 SECRET = "bench-app-secret"
 API = "v23.0"
@@ -98,7 +105,7 @@ def text_webhook(wa_id: str, wamid: str, text: str) -> bytes:
         "object": "whatsapp_business_account",
         "entry": [{"id": "100000000000099", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550009999", "phone_number_id": PNID},
+            "metadata": {"display_phone_number": "15550009999", "phone_number_id": pnid_for(wa_id)},
             "contacts": [{"profile": {"name": "Ana"}, "wa_id": wa_id}],
             "messages": [{"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "text",
                           "text": {"body": text}}],
@@ -144,7 +151,7 @@ def bare_app(graph_url: str) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     state: dict[str, aiohttp.ClientSession] = {}
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    url = f"{graph_url}/{API}/{PNID}/messages"
+    urls = {pnid: f"{graph_url}/{API}/{pnid}/messages" for pnid in NUMBERS}
 
     async def on_startup(app: web.Application) -> None:
         state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
@@ -159,7 +166,9 @@ def bare_app(graph_url: str) -> web.Application:
         data = json.loads(raw)
         for entry in data.get("entry", ()):
             for change in entry.get("changes", ()):
-                for message in change.get("value", {}).get("messages", ()):
+                value = change.get("value", {})
+                url = urls[value["metadata"]["phone_number_id"]]
+                for message in value.get("messages", ()):
                     body = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message["from"],
                             "type": "text", "text": {"body": "Thanks, we got your message."},
                             "biz_opaque_callback_data": message["id"]}
@@ -200,7 +209,8 @@ async def serve(args: argparse.Namespace) -> None:
         if args.mode == "mongo":
             env.update(MONGODB_URI=args.uri, CONSENTBOT_DATABASE=f"bench_{os.getpid()}")
         settings = load_settings(ROOT, env=env)
-        numbers = tuple(dataclasses.replace(n, rate_per_second=args.rate) for n in settings.numbers)
+        first = settings.numbers[0]
+        numbers = tuple(dataclasses.replace(first, phone_number_id=pnid, rate_per_second=args.rate) for pnid in NUMBERS)
         settings = dataclasses.replace(settings, numbers=numbers)
         base = f"http://127.0.0.1:{args.port}"
         services = await build_services(settings, stack, store_kind=args.mode, base_url=base)
@@ -220,7 +230,7 @@ async def serve(args: argparse.Namespace) -> None:
 
                 async def one(subject: str) -> None:
                     async with limit:
-                        entries = await store.transcript.for_conversation(f"{PNID}:{subject}")
+                        entries = await store.transcript.for_conversation(f"{pnid_for(subject)}:{subject}")
                     out[subject] = [[e.direction, str(e.out_state or ""), e.wamid] for e in entries]
 
                 await asyncio.gather(*(one(s) for s in subjects))
@@ -242,6 +252,7 @@ async def serve(args: argparse.Namespace) -> None:
         services.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    settle_after_start_up()  # what `consentbot serve` does before traffic starts (bot.runtime.heap)
     print("READY", flush=True)
     await stop.wait()
     if services is not None:
@@ -378,11 +389,11 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, graph: FakeGraph
     phase.seconds = seconds
 
 
-async def start_server(mode: str, graph_url: str, log: Path, *, uri: str = "", rate: float = 1000.0,
+async def start_server(mode: str, graph_url: str, log: Path, *, uri: str = "", rate: float = 1000.0, numbers: int = 1,
                        profile: str = "", args_profiler: str = "cprofile") -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, str(SELF), "_serve", "--mode", mode, "--port", str(port),
-           "--graph", graph_url, "--uri", uri, "--rate", str(rate)]
+           "--graph", graph_url, "--uri", uri, "--rate", str(rate), "--numbers", str(numbers)]
     if profile:
         suffix = "txt" if args_profiler == "pyinstrument" else "prof"
         cmd += ["--profile", str(Path(profile) / f"{mode}.{suffix}")]
@@ -437,7 +448,7 @@ async def check_transcript(session: aiohttp.ClientSession, base: str, graph: Fak
 
 async def scenario(mode: str, args: argparse.Namespace, graph: FakeGraph, graph_url: str, workdir: Path,
                    index: int, uri: str, db_pid: int | None) -> dict[str, Any]:
-    proc, base = await start_server(mode, graph_url, workdir / f"{mode}.log", uri=uri, rate=args.rate,
+    proc, base = await start_server(mode, graph_url, workdir / f"{mode}.log", uri=uri, rate=args.rate, numbers=args.numbers,
                                      profile=args.profile, args_profiler=args.profiler)
     result: dict[str, Any] = {"mode": mode}
     try:
@@ -601,7 +612,7 @@ def print_report(args: argparse.Namespace, results: dict[str, dict[str, Any]],
     print()
     print(f"{started:%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, concurrency {args.concurrency}, window {args.seconds:.0f} s "
-          f"after {args.warmup:.0f} s warm-up, send rate cap {args.rate:.0f}/s")
+          f"after {args.warmup:.0f} s warm-up, {args.numbers} business number(s), send rate cap {args.rate:.0f}/s each")
     print(f"load average before: {load_before[0]:.2f}; after each: "
           + ", ".join(f"{m} {v[0]:.2f}" for m, v in loads.items()))
     print()
@@ -662,11 +673,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--graph", required=True)
     s.add_argument("--uri", default="")
     s.add_argument("--rate", type=float, default=1000.0)
+    s.add_argument("--numbers", type=int, default=1)
     s.add_argument("--profile", default="", help="write cProfile stats of the server here")
     p.add_argument("--seconds", type=float, default=15.0, help="measured window per server (default 15)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds not counted at the start (default 2)")
     p.add_argument("--concurrency", type=int, default=64, help="customers in the closed loop (default 64)")
-    p.add_argument("--rate", type=float, default=1000.0, help="the number's send rate cap (default 1000/s)")
+    p.add_argument("--rate", type=float, default=1000.0, help="each number's send rate cap (default 1000/s)")
+    p.add_argument("--numbers", type=int, default=4,
+                   help="business numbers the customers are spread over (default 4; each is capped at --rate)")
     p.add_argument("--only", default="bare,memory,mongo", help="comma-separated subset of bare,memory,mongo")
     p.add_argument("--returning", type=int, default=0, help="returning customers per ConsentBot run (default 0)")
     p.add_argument("--keep-logs", default="", help="copy the servers' logs into this directory")
@@ -678,6 +692,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     ns = parse(sys.argv[1:])
+    NUMBERS[:] = [str(int(PNID) + i) for i in range(max(1, ns.numbers))]
     if ns.cmd == "_serve" and ns.profile.endswith(".txt"):
         from pyinstrument import Profiler  # pip install pyinstrument (not a project dependency)
 

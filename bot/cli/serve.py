@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bot import logs
 from bot.errors import ConfigError
+from bot.runtime.heap import settle_after_start_up
 from bot.settings import Settings, load_settings
 from bot.web.app import create_app
 from bot.wiring import build_services
@@ -62,6 +63,7 @@ async def serve(settings: Settings, host: str, port: int, store_kind: str = "mon
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError("--port", f"{host}:{port} is already in use (choose another with --port)") from None
             raise ConfigError("--host", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        settle_after_start_up()
         services.start()
         stack.push_async_callback(services.stop)
         mode = "sandbox (no Meta account needed)" if settings.sandbox else "WhatsApp Cloud API"

@@ -29,9 +29,19 @@ def millis(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def stored(value: Any) -> Any:
     """A deep copy of a document as a BSON round trip returns it: tuples become lists, datetimes are
     UTC milliseconds (hashes over it survive the trip)."""
+    kind = type(value)  # exact types first: this runs on every memory-store write and read
+    if kind in _LEAVES:
+        return value
+    if kind is dict:
+        return {k: stored(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [stored(v) for v in value]
     if isinstance(value, datetime):
         return millis(value)
     if isinstance(value, dict):

@@ -10,15 +10,16 @@ mutable state with the store.
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
-from bot.core.conversation import Conversation, Step, Timer
-from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate
+from bot.core.conversation import Conversation, PurposeStatus, Step, Timer
+from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate, TemplateRef
 from bot.errors import NotFound, StaleVersion
 from bot.store.base import (
     ConsentLedger,
@@ -39,13 +40,8 @@ from bot.store.base import (
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
 
-__all__ = ["MemoryStore", "millis", "roundtrip", "stored"]
+__all__ = ["MemoryStore", "millis", "stored"]
 
-T = TypeVar("T")
-
-
-def roundtrip(value: T, to_doc: Callable[[T], dict[str, Any]], from_doc: Callable[[dict[str, Any]], T]) -> T:
-    return from_doc(stored(to_doc(value)))
 
 
 def settled(entry: TranscriptEntry, outcome: SendOutcome, now: datetime) -> TranscriptEntry:
@@ -118,41 +114,116 @@ class _Data:
     outbound_by_subject: dict[str, list[_OutRow]] = field(default_factory=dict)  # frequency-cap counts
     pending: dict[str, dict[str, _InboxRow]] = field(default_factory=dict)  # key -> id -> row, not done yet
     by_key: dict[str, list[_OutRow]] = field(default_factory=dict)  # transcript rows per conversation
+    queued: dict[str, _OutRow] = field(default_factory=dict)  # rows in the outbox (queue_at set), by id
+    timer_heap: list[tuple[datetime, str, str]] = field(default_factory=list)  # (due, key, name), lazy
+    timers_due: dict[tuple[str, str], datetime] = field(default_factory=dict)  # came due, not yet fired
     wamids: dict[str, str] = field(default_factory=dict)
     consent: dict[str, list[ConsentRecord]] = field(default_factory=dict)
     counter: Iterator[int] = field(default_factory=itertools.count)
 
 
+# Copies. The store never shares a mutable value with a caller: what goes in is copied (datetimes
+# truncated to the millisecond, tuples inside documents turned into lists, as a BSON round trip would),
+# and what comes out is copied again. Only the mutable parts are copied: the dataclasses are frozen,
+# and their tuples, strings and nested frozen values can be shared safely.
+def _ms(value: datetime) -> datetime:
+    """``millis(value)``, without building a new value when it is already UTC milliseconds."""
+    if value.microsecond % 1000 == 0 and value.tzinfo is UTC:
+        return value
+    return millis(value)
+
+
+def _ms_opt(value: datetime | None) -> datetime | None:
+    return None if value is None else _ms(value)
+
+
 def _copy_inbox(entry: InboxEntry) -> InboxEntry:
-    return replace(entry, received_at=millis(entry.received_at), doc=stored(entry.doc))
+    return replace(entry, received_at=_ms(entry.received_at), doc=stored(entry.doc))
 
 
-def _copy_conversation(conversation: Conversation) -> Conversation:
-    return roundtrip(conversation, Conversation.to_doc, Conversation.from_doc)
+def _own_conversation(c: Conversation) -> Conversation:
+    """The copy the store keeps (every datetime truncated)."""
+    return replace(
+        c,
+        created_at=_ms(c.created_at),
+        updated_at=_ms(c.updated_at),
+        window_opened_at=_ms_opt(c.window_opened_at),
+        slots=stored(c.slots),
+        consent={
+            p: s if _ms(s.since) is s.since else PurposeStatus(s.state, millis(s.since), s.notice_version)
+            for p, s in c.consent.items()
+        },
+        timers=tuple(t if _ms(t.due) is t.due else Timer(t.name, millis(t.due)) for t in c.timers),
+    )
 
 
-def _copy_entry(entry: TranscriptEntry) -> TranscriptEntry:
-    """A fresh, millisecond-precise copy (the dataclass is frozen but its message docs are not)."""
-    def at(value: datetime | None) -> datetime | None:
-        return None if value is None else millis(value)
+def _lend_conversation(c: Conversation) -> Conversation:
+    """A copy of a kept conversation for a caller: only its dicts need copying."""
+    return replace(c, slots=stored(c.slots), consent=dict(c.consent))
 
+
+def _copy_template(t: TemplateRef | None) -> TemplateRef | None:
+    return None if t is None else TemplateRef(t.name, t.language, tuple(stored(c) for c in t.components))
+
+
+def _copy_inbound(m: Inbound | None) -> Inbound | None:
+    if m is None or (not m.data and m.referral is None):
+        return m
+    return replace(m, data=stored(m.data), referral=None if m.referral is None else stored(m.referral))
+
+
+def _copy_outbound(m: Outbound | None) -> Outbound | None:
+    if m is None or (m.template is None and m.fallback is None):
+        return m
+    return replace(m, template=_copy_template(m.template), fallback=_copy_template(m.fallback))
+
+
+def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
+    """The copy the store keeps (every datetime truncated)."""
     return replace(
         entry,
-        at=millis(entry.at),
-        inbound=None if entry.inbound is None else roundtrip(entry.inbound, Inbound.to_doc, Inbound.from_doc),
-        outbound=None
-        if entry.outbound is None
-        else roundtrip(entry.outbound, Outbound.to_doc, Outbound.from_doc),
-        delivery_at=at(entry.delivery_at),
-        next_attempt_at=at(entry.next_attempt_at),
-        statuses=tuple((s, millis(t)) for s, t in entry.statuses),
+        at=_ms(entry.at),
+        inbound=_copy_inbound(entry.inbound),
+        outbound=_copy_outbound(entry.outbound),
+        delivery_at=_ms_opt(entry.delivery_at),
+        next_attempt_at=_ms_opt(entry.next_attempt_at),
+        statuses=tuple((s, _ms(t)) for s, t in entry.statuses),
     )
+
+
+def _lend_entry(entry: TranscriptEntry) -> TranscriptEntry:
+    """A copy of a kept entry for a caller: only the message documents' dicts need copying."""
+    inbound, outbound = _copy_inbound(entry.inbound), _copy_outbound(entry.outbound)
+    if inbound is entry.inbound and outbound is entry.outbound:
+        return entry
+    return replace(entry, inbound=inbound, outbound=outbound)
+
+
+def _settling(outcome: SendOutcome) -> SendOutcome:
+    return outcome if outcome.retry_at is None else replace(outcome, retry_at=_ms(outcome.retry_at))
+
+
+def _queue(data: _Data, row: _OutRow, at: datetime | None) -> None:
+    """Put ``row`` in the outbox at ``at`` (``None``: take it out). Keeps ``claim`` O(outbox)."""
+    row.queue_at = at
+    if at is None:
+        data.queued.pop(row.entry.id, None)
+    else:
+        data.queued[row.entry.id] = row
+
+
+def _index_timers(data: _Data, before: Conversation | None, after: Conversation) -> None:
+    """Index the timers a commit set (``due_timers`` then never scans every conversation)."""
+    old = set() if before is None else {(t.name, t.due) for t in before.timers}
+    for t in after.timers:
+        if (t.name, t.due) not in old:
+            heapq.heappush(data.timer_heap, (t.due, after.key, t.name))
 
 
 def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentRecord]:
     records = []
     for draft in drafts:
-        event = roundtrip(draft, ConsentEventDraft.to_doc, ConsentEventDraft.from_doc)
+        event = replace(draft, at=_ms(draft.at), evidence=None if draft.evidence is None else stored(draft.evidence))
         log = data.consent.setdefault(event.subject, [])
         record = chain(log[-1] if log else None, event)
         log.append(record)
@@ -228,7 +299,7 @@ class MemoryConversations(Conversations):
             return Lease(acquired=False, conversation=None)
         head.lease_owner, head.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
         conv = head.conversation
-        return Lease(acquired=True, conversation=None if conv is None else _copy_conversation(conv))
+        return Lease(acquired=True, conversation=None if conv is None else _lend_conversation(conv))
 
     async def release(self, key: str, owner: str) -> None:
         head = self._d.heads.get(key)
@@ -242,7 +313,7 @@ class MemoryConversations(Conversations):
     async def get(self, key: str) -> Conversation | None:
         head = self._d.heads.get(key)
         conv = None if head is None else head.conversation
-        return None if conv is None else _copy_conversation(conv)
+        return None if conv is None else _lend_conversation(conv)
 
     def _matching(self, query: ConversationQuery) -> list[Conversation]:
         text, term = query.text.lower(), purpose_term(query)
@@ -268,7 +339,7 @@ class MemoryConversations(Conversations):
         return out
 
     async def find(self, query: ConversationQuery, skip: int = 0, limit: int = 50) -> list[Conversation]:
-        return [_copy_conversation(c) for c in self._matching(query)[skip : skip + limit]]
+        return [_lend_conversation(c) for c in self._matching(query)[skip : skip + limit]]
 
     async def count(self, query: ConversationQuery) -> int:
         return len(self._matching(query))
@@ -279,7 +350,7 @@ class MemoryConversations(Conversations):
             for h in self._d.heads.values()
             if h.conversation is not None and subject in subject_ids(h.conversation)
         ]
-        return [_copy_conversation(c) for c in sorted(found, key=lambda c: c.key)]
+        return [_lend_conversation(c) for c in sorted(found, key=lambda c: c.key)]
 
     async def count_by_state(self, flow_id: str) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
@@ -290,13 +361,19 @@ class MemoryConversations(Conversations):
         return counts
 
     async def due_timers(self, now: datetime, limit: int = 100) -> list[tuple[str, Timer]]:
-        due = [
-            (key, timer)
-            for key, h in self._d.heads.items()
-            if h.conversation is not None
-            for timer in h.conversation.timers
-            if timer.due <= now
-        ]
+        d = self._d
+        while d.timer_heap and d.timer_heap[0][0] <= now:
+            at, key, name = heapq.heappop(d.timer_heap)
+            d.timers_due[(key, name)] = at
+        due = []
+        for (key, name), at in list(d.timers_due.items()):
+            head = d.heads.get(key)
+            conv = None if head is None else head.conversation
+            timer = None if conv is None else next((t for t in conv.timers if t.name == name), None)
+            if timer is None or timer.due != at:  # fired, cancelled, moved (re-indexed) or erased
+                del d.timers_due[(key, name)]
+            elif at <= now:
+                due.append((key, timer))
         due.sort(key=lambda kt: (kt[1].due, kt[0]))
         return due[:limit]
 
@@ -320,20 +397,21 @@ class MemoryStepLog(StepLog):
             raise StaleVersion(f"conversation {conv.key!r}: lease not held by {owner!r}")
         if stored_version != step.seq - 1:
             raise StaleVersion(f"conversation {conv.key!r} is at version {stored_version}, not {step.seq - 1}")
-        head.conversation = _copy_conversation(conv)
+        previous, head.conversation = head.conversation, _own_conversation(conv)
+        _index_timers(self._d, previous, head.conversation)
         if release:
             head.lease_owner, head.lease_until = "", None
         else:
             head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
-        record = roundtrip(StepRecord.of(step), StepRecord.to_doc, StepRecord.from_doc)
+        record = replace(StepRecord.of(step), at=_ms(step.at))  # its tuples hold frozen values only
         self._d.steps.setdefault(conv.key, []).append(record)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         out_ids = []
         for pos, entry in enumerate(self.entries(step)):
-            row = _OutRow(_copy_entry(entry), next(self._d.counter), pos)
+            row = _OutRow(_own_entry(entry), next(self._d.counter), pos)
             if entry.direction == "out":
                 row.lease_owner, row.lease_until = owner, lease_until
-                row.queue_at = lease_until
+                _queue(self._d, row, lease_until)
                 out_ids.append(entry.id)
                 self._d.outbound_by_subject.setdefault(entry.subject, []).append(row)
             self._d.transcript[entry.id] = row
@@ -365,8 +443,8 @@ class MemoryTranscript(Transcript):
             id=entry_id, key=key, subject=subject, direction="out", seq=0, at=at, outbound=message,
             out_state=OutState.PENDING, sent_by=sent_by,
         )
-        row = _OutRow(_copy_entry(entry), next(self._d.counter), 0)
-        row.queue_at = row.entry.at
+        row = _OutRow(_own_entry(entry), next(self._d.counter), 0)
+        _queue(self._d, row, row.entry.at)
         self._d.transcript[entry_id] = row
         self._d.outbound_by_subject.setdefault(subject, []).append(row)
         self._d.by_key.setdefault(key, []).append(row)
@@ -379,7 +457,7 @@ class MemoryTranscript(Transcript):
         rows = (
             [self._d.transcript[i] for i in entry_ids if i in self._d.transcript]
             if entry_ids
-            else list(self._d.transcript.values())
+            else list(self._d.queued.values())
         )
         due = [r for r in rows if r.queue_at is not None and r.queue_at <= now]
         due.sort(key=lambda r: (r.queue_at, r.entry.at, r.pos, r.order))
@@ -387,8 +465,8 @@ class MemoryTranscript(Transcript):
         for row in due[:limit]:
             row.entry = replace(row.entry, out_state=OutState.SENDING)
             row.lease_owner, row.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
-            row.queue_at = row.lease_until
-            claimed.append(_copy_entry(row.entry))
+            _queue(self._d, row, row.lease_until)
+            claimed.append(_lend_entry(row.entry))
         return claimed
 
     async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
@@ -398,9 +476,10 @@ class MemoryTranscript(Transcript):
         if row is None or row.entry.out_state is not OutState.SENDING or row.lease_owner != owner:
             return False
         now = millis(now)
-        row.entry = _copy_entry(settled(row.entry, outcome, now))
+        # settled() only adds immutable values (strings, a frozen ErrorInfo) and truncated times
+        row.entry = settled(row.entry, _settling(outcome), now)
         row.lease_owner, row.lease_until = "", None
-        row.queue_at = (row.entry.next_attempt_at or now) if outcome.state is OutState.PENDING else None
+        _queue(self._d, row, (row.entry.next_attempt_at or now) if outcome.state is OutState.PENDING else None)
         if outcome.state is OutState.ACCEPTED:
             row.accepted_at = now
             self._d.wamids[row.entry.wamid] = entry_id
@@ -411,8 +490,8 @@ class MemoryTranscript(Transcript):
         row = None if entry_id is None else self._d.transcript.get(entry_id)
         if row is None:
             return None
-        row.entry = _copy_entry(with_status(row.entry, update, millis(at)))
-        return _copy_entry(row.entry)
+        row.entry = with_status(row.entry, update, millis(at))  # adds a frozen ErrorInfo at most
+        return _lend_entry(row.entry)
 
     async def adopt(self, entry_id: str, wamid: str, now: datetime) -> bool:
         row = self._d.transcript.get(entry_id)
@@ -421,11 +500,10 @@ class MemoryTranscript(Transcript):
         if row.entry.out_state not in (OutState.PENDING, OutState.SENDING):
             return False
         now = millis(now)
-        row.entry = _copy_entry(
-            replace(row.entry, out_state=OutState.ACCEPTED, wamid=wamid, delivery=DeliveryStatus.ACCEPTED,
-                    delivery_at=now, next_attempt_at=None)
-        )
-        row.lease_owner, row.lease_until, row.queue_at = "", None, None
+        row.entry = replace(row.entry, out_state=OutState.ACCEPTED, wamid=wamid, delivery=DeliveryStatus.ACCEPTED,
+                            delivery_at=now, next_attempt_at=None)
+        row.lease_owner, row.lease_until = "", None
+        _queue(self._d, row, None)
         row.accepted_at = now
         self._d.wamids[wamid] = entry_id
         return True
@@ -433,14 +511,14 @@ class MemoryTranscript(Transcript):
     async def by_wamid(self, wamid: str) -> TranscriptEntry | None:
         entry_id = self._d.wamids.get(wamid)
         row = None if entry_id is None else self._d.transcript.get(entry_id)
-        return None if row is None else _copy_entry(row.entry)
+        return None if row is None else _lend_entry(row.entry)
 
     async def for_conversation(
         self, key: str, after: datetime | None = None, limit: int = 500
     ) -> list[TranscriptEntry]:
         rows = [r for r in self._d.by_key.get(key, ()) if after is None or r.entry.at > after]
         rows.sort(key=lambda r: (r.entry.at, r.pos, r.order))
-        return [_copy_entry(r.entry) for r in rows[:limit]]
+        return [_lend_entry(r.entry) for r in rows[:limit]]
 
     async def count_sent_since(self, subject: str, category: Category, since: datetime) -> int:
         return sum(
@@ -457,6 +535,7 @@ class MemoryTranscript(Transcript):
         ids = [r.entry.id for r in self._d.by_key.pop(key, [])]
         for entry_id in ids:
             row = self._d.transcript.pop(entry_id)
+            self._d.queued.pop(entry_id, None)
             self._d.wamids.pop(row.entry.wamid, None)
             rows = self._d.outbound_by_subject.get(row.entry.subject)
             if rows is not None and row in rows:

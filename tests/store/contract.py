@@ -24,6 +24,7 @@ from bot.core.messages import (
     Outbound,
     OutboundKind,
     StatusUpdate,
+    TemplateRef,
 )
 from bot.errors import NotFound, StaleVersion
 from bot.store.base import (
@@ -508,6 +509,51 @@ class StoreContract:
         assert due[0][1].due == ms(at(10))
         assert [t.name for _, t in await store.conversations.due_timers(at(60), limit=2)] == ["early", "same"]
         assert await store.conversations.due_timers(at(5)) == []
+
+    async def test_due_timers_follow_the_head(self, store: Store) -> None:
+        """A timer that fired, moved or was cancelled by a later commit is no longer due."""
+        a = conversation("a", timers=(Timer("expire", at(10)), Timer("remind", at(20))))
+        await first_commit(store, a)
+        assert [t.name for _, t in await store.conversations.due_timers(at(30))] == ["expire", "remind"]
+        lease = await store.conversations.acquire(a.key, "w1", at(31), LEASE)
+        assert lease.acquired and lease.conversation is not None
+        moved = lease.conversation.evolve(version=2, timers=(Timer("remind", at(100)), Timer("new", at(25))))
+        await store.steps.commit(step(moved, seconds=31), "w1")
+        assert [(t.name, t.due) for _, t in await store.conversations.due_timers(at(30))] == [("new", ms(at(25)))]
+        assert [t.name for _, t in await store.conversations.due_timers(at(200))] == ["new", "remind"]
+        await store.conversations.delete(a.key)
+        assert await store.conversations.due_timers(at(200)) == []
+
+    async def test_values_are_not_shared_with_callers(self, store: Store) -> None:
+        """Changing a value after writing it, or a value read back, never changes what is stored."""
+        tmpl = TemplateRef("offer", "es", ({"type": "body", "parameters": [{"type": "text", "text": "Ana"}]},))
+        msg = Inbound(id="wamid.iso", phone_number_id=PNID, subject="34600000001", timestamp=100,
+                      kind=InboundKind.LOCATION, data={"latitude": 1.5, "tags": ["x"]}, referral={"a": {"b": 1}})
+        out = Outbound(to="34600000001", kind=OutboundKind.TEMPLATE, template=tmpl, category=Category.MARKETING)
+        conv = conversation(slots={"cart": {"items": ["a"]}})
+        await first_commit(store, conv, ins=(msg,), outs=(out,))
+        conv.slots["cart"]["items"].append("written-after")
+        msg.data["tags"].append("written-after")
+        tmpl.components[0]["parameters"][0]["text"] = "written-after"
+        for _ in range(2):  # the second round sees what the first one changed, if anything leaked
+            head = await store.conversations.get(conv.key)
+            assert head is not None and head.slots == {"cart": {"items": ["a"]}}
+            head.slots["cart"]["items"].append("read-then-changed")
+            entries = await store.transcript.for_conversation(conv.key)
+            got_in = next(e.inbound for e in entries if e.inbound is not None)
+            got_out = next(e.outbound for e in entries if e.outbound is not None)
+            assert got_in.data == {"latitude": 1.5, "tags": ["x"]} and got_in.referral == {"a": {"b": 1}}
+            assert got_out.template is not None
+            assert got_out.template.components[0]["parameters"][0]["text"] == "Ana"
+            got_in.data["tags"].append("read-then-changed")
+            got_out.template.components[0]["parameters"][0]["text"] = "read-then-changed"
+        entry = inbox_entry("doc")
+        await store.inbox.put([entry])
+        entry.doc["text"] = "written-after"
+        (pending,) = await store.inbox.pending(entry.conversation_key)
+        assert pending.doc["text"] == "hello doc"
+        pending.doc["text"] = "read-then-changed"
+        assert (await store.inbox.pending(entry.conversation_key))[0].doc["text"] == "hello doc"
 
     # --- erasure and health ----------------------------------------------------------------------
     async def test_erasure_deletes_everything_of_a_conversation(self, store: Store) -> None:
