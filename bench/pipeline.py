@@ -106,7 +106,7 @@ def text_webhook(wa_id: str, wamid: str, text: str) -> bytes:
         "entry": [{"id": "100000000000099", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "15550009999", "phone_number_id": pnid_for(wa_id)},
-            "contacts": [{"profile": {"name": "Ana"}, "wa_id": wa_id}],
+            "contacts": [{"profile": {"name": f"Ana {wa_id[-6:]}"}, "wa_id": wa_id}],  # names differ, as in life
             "messages": [{"from": wa_id, "id": wamid, "timestamp": str(int(time.time())), "type": "text",
                           "text": {"body": text}}],
         }}]}],

@@ -386,7 +386,8 @@ class _Step:
                 outbox.append(rendered.outbound)
                 if rendered.notice:
                     notice = NoticeText.of(
-                        self.project.notice_version, rendered.locale, rendered.text, name, rendered.notice
+                        self.project.notice_version, rendered.locale, rendered.text, name, rendered.notice,
+                        rendered.sha256,
                     )
                     notices.append(notice)
                     ref = {

@@ -27,6 +27,8 @@ from bot.core.standard_replies import BUILTIN_TEMPLATES, OPTOUT_CONFIRM
 from bot.errors import CoreError
 
 _BUILTIN_IDS = frozenset(str(i) for i in BuiltinIntent) | RESERVED_PAYLOADS
+# Template variables that carry what one customer said or is called (docs/flows.md, "Variables").
+PERSONAL_VARIABLES = frozenset({"profile_name", "slots"})
 
 
 def sample_context(spec: FlowSpec, project: Project, locale: str) -> dict[str, Any]:
@@ -203,12 +205,24 @@ def _check_render(
     file = tpl.file or f"templates/{loc}/{name}.j2"
     out: list[Problem] = []
     extra = {"withdrawn": ["Offers"], "stale": False}
+    personal = sorted(tpl.reads & PERSONAL_VARIABLES) if tpl.notice else []
+    if personal:
+        out.append(
+            Problem(
+                file,
+                1,
+                "error",
+                f"notice `{name}` ({loc}) shows {', '.join(f'`{v}`' for v in personal)}: a notice text is kept "
+                "for years as consent proof and is not erased with the customer, so it must hold no personal data",
+                "greet without the name; put personal details in a message that is not a notice",
+            )
+        )
     try:
         raw = tpl.render({**ctx, **extra}, "sample")
         rendered = templates.render(name, loc, {**ctx, **extra}, "sample", category, purpose)
     except CoreError as exc:
         text = str(exc)
-        return [
+        out.append(
             Problem(
                 file,
                 1,
@@ -216,7 +230,8 @@ def _check_render(
                 text.split(": ", 1)[-1] if text.startswith(file) else text,
                 "render it with the flow's `sample:` values; every variable must be defined",
             )
-        ]
+        )
+        return out
     business = project.controller.name
     cat = category or tpl.category
     if cat is Category.MARKETING and business not in f"{raw.header}\n{raw.body}\n{raw.footer}":

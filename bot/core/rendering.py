@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -67,8 +69,11 @@ class NoticeText:
     kind: str = ""  # first_layer | prompt
 
     @classmethod
-    def of(cls, version: str, locale: str, text: str, template: str = "", kind: str = "") -> NoticeText:
-        return cls(version, locale, text, hashlib.sha256(text.encode()).hexdigest(), template, kind)
+    def of(
+        cls, version: str, locale: str, text: str, template: str = "", kind: str = "", sha256: str = ""
+    ) -> NoticeText:
+        """``sha256`` is the text's digest when the caller already has it (it is computed otherwise)."""
+        return cls(version, locale, text, sha256 or hashlib.sha256(text.encode()).hexdigest(), template, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class Rendered:
     text: str  # what the customer sees, as one string (the notice text when ``notice`` is set)
     notice: str = ""
     locale: str = ""  # the locale of the template actually used (after fallback)
+    sha256: str = ""  # of ``text``, for a notice
 
 
 def shown_text(message: Outbound) -> str:
@@ -116,13 +122,17 @@ class CompiledTemplate:
         "name",
         "notice",
         "purpose",
+        "reads",
         "sections",
+        "varying",
     )
 
     def __init__(self, env: SandboxedEnvironment, src: TemplateSource) -> None:
         self.name = src.name
         self.locale = src.locale
         self.file = src.file
+        self.reads: set[str] = set()  # the context variables the template reads
+        self.varying = False  # True: two renders of the same values may differ (the `random` filter)
         meta, body = _split(src)
         if not isinstance(meta, dict):
             raise RenderError(f"{self._where()}: the front-matter must be a mapping")
@@ -177,9 +187,17 @@ class CompiledTemplate:
         if "{" not in text:
             return text.strip()
         try:
-            return env.from_string(text)
+            tree = env.parse(text)
+            compiled = env.from_string(tree)
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"{self._where()}: {part}: line {exc.lineno}: {exc.message}") from exc
+        self.reads |= jinja2.meta.find_undeclared_variables(tree)
+        self.varying = (
+            self.varying
+            or any(f.name in _VARYING_FILTERS for f in tree.find_all(jinja2.nodes.Filter))
+            or any(n.name in _VARYING_GLOBALS for n in tree.find_all(jinja2.nodes.Name))
+        )
+        return compiled
 
     def _text(self, t: _Text, ctx: Mapping[str, Any], part: str) -> str:
         if isinstance(t, str):
@@ -219,6 +237,32 @@ class CompiledTemplate:
             purpose=self.purpose,
             template_id=self.name,
         )
+
+
+_VARYING_FILTERS = frozenset({"random"})  # output differs between two renders of the same values
+_VARYING_GLOBALS = frozenset({"lipsum"})
+_MISSING = object()
+RENDER_CACHE_SIZE = 4096
+
+
+class _Unhashable(Exception):
+    pass
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a template value that is equal only for values that render the same
+    (``1``, ``1.0`` and ``True`` compare equal in Python but print differently). Raises
+    :class:`_Unhashable` for anything but plain data (strings, numbers, None, lists, tuples, dicts)."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind in (int, float, bool) or value is None or value is _MISSING:
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return (kind, tuple(_frozen(v) for v in value))
+    if kind is dict:
+        return (kind, tuple((k, _frozen(v)) for k, v in value.items()))
+    raise _Unhashable
 
 
 def _split(src: TemplateSource) -> tuple[Any, str]:
@@ -299,6 +343,9 @@ class TemplateSet:
                     )
                 )
         self._cache: dict[tuple[str, str], CompiledTemplate | None] = {}
+        # Rendered messages by template and the values it read; only templates whose output depends on
+        # nothing else are cached (no `random`), only for plain-data values, at most RENDER_CACHE_SIZE.
+        self._rendered: dict[tuple[Any, ...], Rendered] = {}
 
     def own(self) -> dict[tuple[str, str], CompiledTemplate]:
         """The project's own templates by (locale, name)."""
@@ -332,8 +379,38 @@ class TemplateSet:
         purpose: str = "",
     ) -> Rendered:
         """Render ``name`` for ``locale``; ``category``/``purpose`` (from the flow) override the template's.
-        Raises :class:`RenderError` (undefined variable, bad template) or :class:`LimitError`."""
+        Raises :class:`RenderError` (undefined variable, bad template) or :class:`LimitError`.
+
+        The same template rendered from the same values gives the same message (only ``to`` differs), so
+        results are kept by the values the template reads: a first-contact notice renders once."""
         tpl = self.resolve(name, locale)
+        key: tuple[Any, ...] | None = None
+        if not tpl.varying:
+            try:
+                key = (tpl, category, purpose, *(_frozen(context.get(n, _MISSING)) for n in sorted(tpl.reads)))
+            except _Unhashable:
+                key = None
+            else:
+                hit = self._rendered.get(key)
+                if hit is not None:
+                    return Rendered(replace(hit.outbound, to=to), hit.text, hit.notice, hit.locale, hit.sha256)
+        rendered = self._render(tpl, name, locale, context, to, category, purpose)
+        if key is not None:
+            if len(self._rendered) >= RENDER_CACHE_SIZE:
+                del self._rendered[next(iter(self._rendered))]  # the oldest entry
+            self._rendered[key] = rendered
+        return rendered
+
+    def _render(
+        self,
+        tpl: CompiledTemplate,
+        name: str,
+        locale: str,
+        context: Mapping[str, Any],
+        to: str,
+        category: Category | None,
+        purpose: str,
+    ) -> Rendered:
         message = tpl.render(context, to)
         cat = category or tpl.category or Category.SERVICE
         if cat is Category.MARKETING:
@@ -353,7 +430,9 @@ class TemplateSet:
                 template_id=message.template_id,
             )
         limits.check(message, f"{tpl.locale}/{name}")
-        return Rendered(message, shown_text(message), tpl.notice, tpl.locale)
+        text = shown_text(message)
+        digest = hashlib.sha256(text.encode()).hexdigest() if tpl.notice else ""
+        return Rendered(message, text, tpl.notice, tpl.locale, digest)
 
 
 def _line_of(message: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -190,3 +191,45 @@ def test_list_message() -> None:
 def test_notice_text_hash_is_of_the_exact_text() -> None:
     n = NoticeText.of("1.0", "es", "Hola\n[Sí]", "notice", "first_layer")
     assert n.sha256 == hashlib.sha256("Hola\n[Sí]".encode()).hexdigest()
+
+
+def test_same_values_render_once_and_only_to_changes() -> None:
+    ts = _set(("en", "t", "---\nnotice: first_layer\n---\nHi {{ name }}, {% for p in items %}{{ p.t }} {% endfor %}"))
+    ctx = {**CTX, "items": [{"t": "a"}, {"t": "b"}]}
+    first = ts.render("t", "en", ctx, "346001")
+    again = ts.render("t", "en", dict(ctx), "346002")
+    assert again.outbound == replace(first.outbound, to="346002") and again.text == first.text == "Hi Ana, a b"
+    assert again.sha256 == first.sha256 == hashlib.sha256(b"Hi Ana, a b").hexdigest()
+    assert len(ts._rendered) == 1  # the second render was the kept one
+    ctx["items"].append({"t": "c"})  # a changed value is a different key
+    assert ts.render("t", "en", ctx, "x").text == "Hi Ana, a b c"
+
+
+@pytest.mark.parametrize("values", [(1, True, 1.0, "1"), (0, False, 0.0, None), ([1], (1,), [True], ["1"])])
+def test_values_that_compare_equal_but_print_differently_are_not_confused(values: tuple[object, ...]) -> None:
+    ts = _set(("en", "t", "{{ v }}"))
+    assert [ts.render("t", "en", {"v": v}, "x").text for v in values] == [str(v) for v in values]
+
+
+def test_varying_templates_and_unhashable_values_are_rendered_every_time() -> None:
+    class Counter:
+        n = 0
+
+        def __str__(self) -> str:
+            Counter.n += 1
+            return str(Counter.n)
+
+    ts = _set(("en", "pick", "{{ ['a', 'b', 'c', 'd'] | random }}"), ("en", "obj", "n={{ c }}"))
+    assert ts.resolve("pick", "en").varying and not ts.resolve("obj", "en").varying
+    assert {ts.render("pick", "en", CTX, "x").text for _ in range(60)} == {"a", "b", "c", "d"}
+    c = Counter()
+    assert [ts.render("obj", "en", {"c": c}, "x").text for _ in range(2)] == ["n=1", "n=2"]
+    assert ts._rendered == {}
+
+
+def test_the_rendered_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bot.core.rendering.RENDER_CACHE_SIZE", 3)
+    ts = _set(("en", "t", "{{ v }}"))
+    for v in range(10):
+        assert ts.render("t", "en", {"v": v}, "x").text == str(v)
+    assert len(ts._rendered) == 3
