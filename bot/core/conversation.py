@@ -7,11 +7,12 @@ state back. ``version`` is the optimistic-concurrency counter; a :class:`Step` m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.core import frozen
 from bot.core.consent import ConsentEventDraft
 from bot.core.messages import Inbound, Outbound, json_copy
 
@@ -110,7 +111,7 @@ class Conversation:
         return (now - self.window_opened_at).total_seconds() < hours * 3600
 
     def evolve(self, **changes: Any) -> Conversation:
-        return replace(self, **changes)
+        return frozen.evolve(self, **changes)
 
     def to_doc(self) -> dict[str, Any]:
         # Field by field (``dataclasses.asdict`` deep-copies recursively and cost ~90 µs per head).

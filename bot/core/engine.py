@@ -31,6 +31,7 @@ from bot.core.intents import (
     STOP_WORD,
     BuiltinIntent,
     builtin_intent,
+    builtin_intent_of_form,
     match_form,
     number_in,
 )
@@ -182,10 +183,11 @@ def classify(flow: CompiledFlow, state: str, inbound: Inbound) -> _Intent:
         return _Intent("fallback", stale=True)
     if kind is InboundKind.TEXT:
         text = inbound.text or ""
-        hit = builtin_intent(text)
+        form = match_form(text)
+        hit = builtin_intent_of_form(form)
         if hit is not None:
             return _Intent("builtin", str(hit), method="keyword")
-        trig = flow.keyword_index.get(state, {}).get(match_form(text))
+        trig = flow.keyword_index.get(state, {}).get(form)
         if trig is not None:
             return _Intent("trigger", trig, method="keyword")
         number_trigger = flow.number_trigger.get(state)

@@ -282,7 +282,11 @@ HUMAN_MAX_TOKENS = 8
 def builtin_intent(text: str) -> BuiltinIntent | None:
     """The built-in intent of a typed text, or ``None``. Exact matches in any set win over prefixes;
     a short message naming a person ("quiero hablar con una persona") asks for one."""
-    form = match_form(text)
+    return builtin_intent_of_form(match_form(text))
+
+
+def builtin_intent_of_form(form: str) -> BuiltinIntent | None:
+    """:func:`builtin_intent` of a text already in its :func:`match_form`."""
     if not form:
         return None
     for intent, words in BUILTIN_KEYWORDS:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -40,6 +40,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from bot.core import limits
 from bot.core.flowspec import Problem, load_yaml
+from bot.core.frozen import evolve
 from bot.core.messages import Button, Category, ListRow, ListSection, Outbound, OutboundKind
 from bot.core.standard_replies import DEFAULTS, STOP_BUTTON, STOP_FOOTER
 from bot.errors import RenderError
@@ -393,7 +394,7 @@ class TemplateSet:
             else:
                 hit = self._rendered.get(key)
                 if hit is not None:
-                    return Rendered(replace(hit.outbound, to=to), hit.text, hit.notice, hit.locale, hit.sha256)
+                    return Rendered(evolve(hit.outbound, to=to), hit.text, hit.notice, hit.locale, hit.sha256)
         rendered = self._render(tpl, name, locale, context, to, category, purpose)
         if key is not None:
             if len(self._rendered) >= RENDER_CACHE_SIZE:

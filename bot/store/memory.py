@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
 from bot.core.conversation import Conversation, PurposeStatus, Step, Timer
+from bot.core.frozen import evolve
 from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate, TemplateRef
 from bot.errors import NotFound, StaleVersion
 from bot.store.base import (
@@ -48,18 +49,18 @@ def settled(entry: TranscriptEntry, outcome: SendOutcome, now: datetime) -> Tran
     """``entry`` after a send attempt ended with ``outcome`` (see :meth:`Transcript.settle`)."""
     attempts = entry.attempts + 1
     if outcome.state is OutState.ACCEPTED:
-        return replace(
+        return evolve(
             entry, out_state=OutState.ACCEPTED, wamid=outcome.wamid, delivery=DeliveryStatus.ACCEPTED,
             delivery_at=now, attempts=attempts, next_attempt_at=None, reason=outcome.reason,
             error=outcome.error,
         )
     if outcome.state is OutState.PENDING:
-        return replace(
+        return evolve(
             entry, out_state=OutState.PENDING, next_attempt_at=outcome.retry_at, attempts=attempts,
             reason=outcome.reason, error=outcome.error,
         )
     if outcome.state in (OutState.BLOCKED, OutState.FAILED):
-        return replace(
+        return evolve(
             entry, out_state=outcome.state, attempts=attempts, next_attempt_at=None, reason=outcome.reason,
             error=outcome.error,
         )
@@ -74,9 +75,9 @@ def with_status(entry: TranscriptEntry, update: StatusUpdate, at: datetime) -> T
     """``entry`` after the delivery status ``update`` arrived at ``at`` (monotonic, FAILED terminal)."""
     statuses = (*entry.statuses, (str(update.status), at))
     if delivery_rank(update.status) <= delivery_rank(entry.delivery):
-        return replace(entry, statuses=statuses)
+        return evolve(entry, statuses=statuses)
     error = update.errors[0] if update.status is DeliveryStatus.FAILED and update.errors else entry.error
-    return replace(entry, statuses=statuses, delivery=update.status, delivery_at=at, error=error)
+    return evolve(entry, statuses=statuses, delivery=update.status, delivery_at=at, error=error)
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -138,12 +139,12 @@ def _ms_opt(value: datetime | None) -> datetime | None:
 
 
 def _copy_inbox(entry: InboxEntry) -> InboxEntry:
-    return replace(entry, received_at=_ms(entry.received_at), doc=stored(entry.doc))
+    return evolve(entry, received_at=_ms(entry.received_at), doc=stored(entry.doc))
 
 
 def _own_conversation(c: Conversation) -> Conversation:
     """The copy the store keeps (every datetime truncated)."""
-    return replace(
+    return evolve(
         c,
         created_at=_ms(c.created_at),
         updated_at=_ms(c.updated_at),
@@ -159,7 +160,7 @@ def _own_conversation(c: Conversation) -> Conversation:
 
 def _lend_conversation(c: Conversation) -> Conversation:
     """A copy of a kept conversation for a caller: only its dicts need copying."""
-    return replace(c, slots=stored(c.slots), consent=dict(c.consent))
+    return evolve(c, slots=stored(c.slots), consent=dict(c.consent))
 
 
 def _copy_template(t: TemplateRef | None) -> TemplateRef | None:
@@ -169,18 +170,18 @@ def _copy_template(t: TemplateRef | None) -> TemplateRef | None:
 def _copy_inbound(m: Inbound | None) -> Inbound | None:
     if m is None or (not m.data and m.referral is None):
         return m
-    return replace(m, data=stored(m.data), referral=None if m.referral is None else stored(m.referral))
+    return evolve(m, data=stored(m.data), referral=None if m.referral is None else stored(m.referral))
 
 
 def _copy_outbound(m: Outbound | None) -> Outbound | None:
     if m is None or (m.template is None and m.fallback is None):
         return m
-    return replace(m, template=_copy_template(m.template), fallback=_copy_template(m.fallback))
+    return evolve(m, template=_copy_template(m.template), fallback=_copy_template(m.fallback))
 
 
 def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
     """The copy the store keeps (every datetime truncated)."""
-    return replace(
+    return evolve(
         entry,
         at=_ms(entry.at),
         inbound=_copy_inbound(entry.inbound),
@@ -196,11 +197,11 @@ def _lend_entry(entry: TranscriptEntry) -> TranscriptEntry:
     inbound, outbound = _copy_inbound(entry.inbound), _copy_outbound(entry.outbound)
     if inbound is entry.inbound and outbound is entry.outbound:
         return entry
-    return replace(entry, inbound=inbound, outbound=outbound)
+    return evolve(entry, inbound=inbound, outbound=outbound)
 
 
 def _settling(outcome: SendOutcome) -> SendOutcome:
-    return outcome if outcome.retry_at is None else replace(outcome, retry_at=_ms(outcome.retry_at))
+    return outcome if outcome.retry_at is None else evolve(outcome, retry_at=_ms(outcome.retry_at))
 
 
 def _queue(data: _Data, row: _OutRow, at: datetime | None) -> None:
@@ -223,7 +224,7 @@ def _index_timers(data: _Data, before: Conversation | None, after: Conversation)
 def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentRecord]:
     records = []
     for draft in drafts:
-        event = replace(draft, at=_ms(draft.at), evidence=None if draft.evidence is None else stored(draft.evidence))
+        event = evolve(draft, at=_ms(draft.at), evidence=None if draft.evidence is None else stored(draft.evidence))
         log = data.consent.setdefault(event.subject, [])
         record = chain(log[-1] if log else None, event)
         log.append(record)
@@ -281,7 +282,7 @@ class MemoryInbox(Inbox):
         row = self._d.inbox.get(entry_id)
         if row is None:
             raise NotFound(f"inbox entry {entry_id!r} does not exist")
-        row.entry = replace(row.entry, attempts=row.entry.attempts + 1)
+        row.entry = evolve(row.entry, attempts=row.entry.attempts + 1)
         return row.entry.attempts
 
     async def count_pending(self) -> int:
@@ -403,7 +404,7 @@ class MemoryStepLog(StepLog):
             head.lease_owner, head.lease_until = "", None
         else:
             head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
-        record = replace(StepRecord.of(step), at=_ms(step.at))  # its tuples hold frozen values only
+        record = evolve(StepRecord.of(step), at=_ms(step.at))  # its tuples hold frozen values only
         self._d.steps.setdefault(conv.key, []).append(record)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         out_ids = []
@@ -463,7 +464,7 @@ class MemoryTranscript(Transcript):
         due.sort(key=lambda r: (r.queue_at, r.entry.at, r.pos, r.order))
         claimed = []
         for row in due[:limit]:
-            row.entry = replace(row.entry, out_state=OutState.SENDING)
+            row.entry = evolve(row.entry, out_state=OutState.SENDING)
             row.lease_owner, row.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
             _queue(self._d, row, row.lease_until)
             claimed.append(_lend_entry(row.entry))
@@ -500,7 +501,7 @@ class MemoryTranscript(Transcript):
         if row.entry.out_state not in (OutState.PENDING, OutState.SENDING):
             return False
         now = millis(now)
-        row.entry = replace(row.entry, out_state=OutState.ACCEPTED, wamid=wamid, delivery=DeliveryStatus.ACCEPTED,
+        row.entry = evolve(row.entry, out_state=OutState.ACCEPTED, wamid=wamid, delivery=DeliveryStatus.ACCEPTED,
                             delivery_at=now, next_attempt_at=None)
         row.lease_owner, row.lease_until = "", None
         _queue(self._d, row, None)

@@ -78,7 +78,8 @@ def make_session(limit: int = 100, *, keepalive_timeout: float = 30.0) -> aiohtt
     connector = aiohttp.TCPConnector(
         limit=limit, limit_per_host=limit, ttl_dns_cache=300, keepalive_timeout=keepalive_timeout
     )
-    return aiohttp.ClientSession(connector=connector, raise_for_status=False)
+    # The Graph API sets no cookie the client needs: no cookie jar to look up on every request.
+    return aiohttp.ClientSession(connector=connector, raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar())
 
 
 class GraphClient:
