@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import jinja2
@@ -67,6 +67,7 @@ from bot.core.messages import Category, DeliveryStatus, Outbound
 from bot.core.policy import Reason, cap_period_start
 from bot.core.project import Project
 from bot.errors import BotError, RenderError
+from bot.runtime.clock import utc_now
 from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Accepted, Sender, SendsMessages
 from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
@@ -260,7 +261,7 @@ class CampaignReceipts:
     (wamid, delivery status, error code). Returns only when both are durable (the webhook's 200)."""
 
     def __init__(self, broadcasts: Broadcasts, inner: NotificationSink | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.broadcasts = broadcasts
         self.inner = inner
         self.clock = clock
@@ -369,7 +370,7 @@ class CampaignRunner:
         owner: str | None = None,
         notify: Callable[[Iterable[str]], None] = lambda keys: None,
         options: RunOptions | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.broadcasts = broadcasts
         self.store = store

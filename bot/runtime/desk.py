@@ -20,11 +20,12 @@ import asyncio
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from bot.core.conversation import Cause, Conversation, Step
 from bot.core.messages import Category, Outbound, OutboundKind, TemplateRef
 from bot.errors import NotFound, RuntimeFailure, StaleVersion
+from bot.runtime.clock import utc_now
 from bot.runtime.outbox import Sender
 from bot.store.base import OutState, Store, TranscriptEntry
 
@@ -68,7 +69,7 @@ class Desk:
         templates: Mapping[str, TemplateRef] | None = None,
         lease_seconds: float = 10.0,
         lease_wait: float = 3.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.sender = sender

@@ -17,13 +17,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bot import logs
 from bot.core.conversation import Cause, Conversation, Step, Timer
 from bot.core.messages import DeliveryStatus, Inbound, PreferenceUpdate, StatusUpdate
 from bot.errors import StaleVersion, StoreError
+from bot.runtime.clock import utc_now
 from bot.runtime.inbox import ERROR_SIGNAL, STATUS_KEY_PREFIX, consent_error_entry
 from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Sender
@@ -63,7 +64,7 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,
         on_notices: Callable[[Sequence[Any]], Awaitable[object]] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.decide = decide

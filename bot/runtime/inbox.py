@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from bot.core.conversation import conversation_key
 from bot.core.messages import Inbound, PreferenceUpdate, StatusUpdate
+from bot.runtime.clock import utc_now
 from bot.runtime.metrics import Metrics
 from bot.store.base import Inbox, InboxEntry, InboxKind
 
@@ -107,7 +108,7 @@ class InboxWriter:
         inbox: Inbox,
         metrics: Metrics,
         notify: Callable[[Iterable[str]], None],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.inbox = inbox
         self.metrics = metrics

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from bot.core.conversation import Conversation
@@ -19,6 +19,7 @@ from bot.core.messages import Category, ErrorInfo, Outbound
 from bot.core.policy import GateInput, Verdict, as_template, cap_period_start, decide_send
 from bot.core.project import Project
 from bot.errors import ChannelError
+from bot.runtime.clock import utc_now
 from bot.runtime.inbox import consent_error_entry
 from bot.runtime.metrics import Metrics
 from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
@@ -70,7 +71,7 @@ class Sender:
         notify: Callable[[Iterable[str]], None] = lambda keys: None,
         lease_seconds: float = 60.0,
         unknown_outcome_wait: float = 120.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.client = client

@@ -14,7 +14,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.core.consent import ConsentRecord
@@ -32,6 +32,7 @@ from bot.core.proof import (
     verify_chain,
 )
 from bot.errors import RuntimeFailure
+from bot.runtime.clock import utc_now
 from bot.store.base import Store, TranscriptEntry
 from bot.store.privacy import (
     BlockedProofEntry,
@@ -128,7 +129,7 @@ class PrivacyService:
     project: Project
     suppression_secret: bytes
     jurisdiction: str = "ES"
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = field(default=utc_now)
     owner: str = field(default_factory=lambda: f"privacy:{uuid.uuid4().hex[:8]}")
 
     # --- lookups ---------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from bot.errors import StoreError
+from bot.runtime.clock import utc_now
 from bot.runtime.dispatcher import Dispatcher
 from bot.runtime.outbox import Sender
 from bot.store.base import Store
@@ -34,7 +35,7 @@ class Poller:
         interval: float = 0.5,
         grace: float = 2.0,
         lease_seconds: float = 60.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher

@@ -48,6 +48,7 @@ from bot.core.project import Controller
 from bot.core.proof import ChainCheck, build_receipt, normalise_number, verify_chain
 from bot.errors import BotError, NotFound, StoreError
 from bot.runtime.catalog import Catalog
+from bot.runtime.clock import utc_now
 from bot.runtime.desk import Desk, DeskRefused
 from bot.runtime.services import Services
 from bot.store.accounts import AccountStore, AuditEntry, AuditQuery, Session
@@ -227,7 +228,7 @@ class Console:
         privacy: PrivacyActions | None = None,
         flows: FlowSource | None = None,
         options: ConsoleOptions | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.accounts = accounts
         self.desk = desk
@@ -887,7 +888,7 @@ def add_console(
     privacy: PrivacyActions | None = None,
     flows: FlowSource | None = None,
     options: ConsoleOptions | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] = utc_now,
 ) -> Console:
     """Mount the console under ``/console`` on ``app`` (which holds ``SERVICES``). ``accounts`` is
     the account store (opened by the caller); ``desk`` enables takeover and replies, ``privacy`` the

@@ -125,7 +125,10 @@ class GraphClient:
         self.backoff_cap = backoff_cap
         self.pair_backoff_unit = pair_backoff_unit
         self.max_pair_wait = max_pair_wait
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
+        # A whole request (a small body each way) is bounded by ``timeout``; connecting has its own bound
+        # so a refused or unreachable connection is told apart (nothing was sent). No per-read timer:
+        # re-arming it on every chunk cost more than the rest of the client's own work.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_connect=timeout)
         self._rng = rng or random.Random()
         self.stats = ClientStats()
 
