@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import yaml
 
-from bot import wiring
+from bot import logs, wiring
 from bot.core.audience import CampaignError, Segment, TemplateDeclaration, declarations_from, parse_params
 from bot.errors import ConfigError
 from bot.runtime.broadcast import (
@@ -214,6 +214,7 @@ async def _run(args: argparse.Namespace, stack: AsyncExitStack) -> int:
         return 0
     from bot.whatsapp.client import GraphClient, make_session
 
+    logs.configure("INFO")  # a run is a long job: its warnings and errors go to stderr (progress to stdout)
     session = make_session(limit=max(100, int(campaign.rate)))
     stack.push_async_callback(session.close)
     base = args.graph_url or o.settings.graph_url or SANDBOX_GRAPH

@@ -180,16 +180,20 @@ def _copy_outbound(m: Outbound | None) -> Outbound | None:
 
 
 def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
-    """The copy the store keeps (every datetime truncated)."""
-    return evolve(
-        entry,
-        at=_ms(entry.at),
-        inbound=_copy_inbound(entry.inbound),
-        outbound=_copy_outbound(entry.outbound),
-        delivery_at=_ms_opt(entry.delivery_at),
-        next_attempt_at=_ms_opt(entry.next_attempt_at),
-        statuses=tuple((s, _ms(t)) for s, t in entry.statuses),
-    )
+    """The copy the store keeps (every datetime truncated); ``entry`` itself when nothing in it is
+    mutable or needs truncating (a new outbound entry stamped by the millisecond clock)."""
+    changes: dict[str, object] = {
+        "at": _ms(entry.at),
+        "inbound": _copy_inbound(entry.inbound),
+        "outbound": _copy_outbound(entry.outbound),
+        "delivery_at": _ms_opt(entry.delivery_at),
+        "next_attempt_at": _ms_opt(entry.next_attempt_at),
+    }
+    if entry.statuses:
+        changes["statuses"] = tuple((s, _ms(t)) for s, t in entry.statuses)
+    if all(value is getattr(entry, name) for name, value in changes.items()):
+        return entry
+    return evolve(entry, **changes)
 
 
 def _lend_entry(entry: TranscriptEntry) -> TranscriptEntry:
@@ -404,7 +408,9 @@ class MemoryStepLog(StepLog):
             head.lease_owner, head.lease_until = "", None
         else:
             head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
-        record = evolve(StepRecord.of(step), at=_ms(step.at))  # its tuples hold frozen values only
+        record = StepRecord.of(step)  # its tuples hold frozen values only
+        if _ms(step.at) is not step.at:
+            record = evolve(record, at=millis(step.at))
         self._d.steps.setdefault(conv.key, []).append(record)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         out_ids = []

@@ -40,20 +40,8 @@ PNID = "100000000000001"
 N = 120
 RATE = 60
 
-# The command line, with the campaign storage wired as bot.wiring does (or will) for a MongoDB store.
-ENTRY = textwrap.dedent("""
-    import sys
-    from bot import wiring
-    if not hasattr(wiring, "open_broadcasts"):
-        async def open_broadcasts(store):
-            from bot.store.broadcasts_mongo import MongoBroadcasts
-            broadcasts = MongoBroadcasts(store.database)
-            await broadcasts.open()
-            return broadcasts
-        wiring.open_broadcasts = open_broadcasts
-    from bot.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
+# The real command line (``consentbot broadcast run``), run by this interpreter.
+ENTRY = "import sys; from bot.cli import main; sys.exit(main(sys.argv[1:]))"
 
 TEMPLATES = textwrap.dedent("""
     templates:
