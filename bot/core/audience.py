@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.core.conversation import Conversation
 from bot.core.intents import BuiltinIntent, builtin_intent
@@ -251,7 +251,7 @@ def parse_params(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 def compile_params(decl: TemplateDeclaration, params: Mapping[str, str]) -> dict[str, jinja2.Template]:

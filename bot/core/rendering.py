@@ -36,7 +36,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from bot.core import limits
 from bot.core.flowspec import Problem, load_yaml
@@ -103,7 +103,9 @@ _Text = jinja2.Template | str
 
 
 def _env() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    """Sandboxed, and immutable: a template can read its values but never change them (``slots.update``,
+    ``purposes.append``...), so rendering cannot alter a conversation or another message's values."""
+    return ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=False, lstrip_blocks=True
     )
 
@@ -417,19 +419,7 @@ class TemplateSet:
         if cat is Category.MARKETING:
             message = enforce_marketing(message, locale, str(context.get("business", "")), purpose or tpl.purpose)
         elif cat is not message.category:
-            message = Outbound(
-                to=message.to,
-                kind=message.kind,
-                body=message.body,
-                header=message.header,
-                footer=message.footer,
-                buttons=message.buttons,
-                list_button=message.list_button,
-                sections=message.sections,
-                category=cat,
-                purpose="",
-                template_id=message.template_id,
-            )
+            message = evolve(message, category=cat, purpose="")
         limits.check(message, f"{tpl.locale}/{name}")
         text = shown_text(message)
         digest = hashlib.sha256(text.encode()).hexdigest() if tpl.notice else ""

@@ -63,6 +63,18 @@ def test_sandbox_blocks_unsafe_access() -> None:
         ts.render("t", "en", CTX, "x")
 
 
+@pytest.mark.parametrize(
+    "text", ["{{ slots.update({'age_ok': True}) }}", "{{ items.append('x') }}", "{{ slots.pop('age_ok') }}"]
+)
+def test_templates_cannot_change_their_values(text: str) -> None:
+    slots = {"age_ok": False}
+    items = ["a"]
+    ts = _set(("en", "t", text))
+    with pytest.raises(RenderError):
+        ts.render("t", "en", {**CTX, "slots": slots, "items": items}, "x")
+    assert slots == {"age_ok": False} and items == ["a"]
+
+
 def test_syntax_error_is_a_problem_not_a_crash() -> None:
     ts = TemplateSet([TemplateSource("en", "bad", "Hi {{ name }", "templates/en/bad.j2")])
     assert len(ts.problems) == 1 and ts.problems[0].file == "templates/en/bad.j2"
