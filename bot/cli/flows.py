@@ -21,7 +21,7 @@ from bot.core.project import Project
 from bot.core.sample import SAMPLE_PROJECT
 from bot.core.scenario import run_scenarios
 from bot.errors import BotError
-from bot.runtime.catalog import build_catalog, read_specs, template_sources
+from bot.runtime.catalog import approved_templates, build_catalog, read_specs, template_sources
 
 PROJECT_FILE = "consentbot.yaml"
 
@@ -89,8 +89,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         specs, problems = read_specs(project_dir)
         if not specs and not problems:
             problems = [Problem(str(project_dir / "flows"), 1, "error", "no flow files found", "add flows/<id>.yaml")]
-    catalog = build_catalog(specs, template_sources(project_dir), project, strict=False)
-    return _print_problems([*problems, *catalog.problems])
+    approved, approved_problems = approved_templates(project_dir)
+    catalog = build_catalog(specs, template_sources(project_dir), project, strict=False, approved=approved)
+    return _print_problems([*problems, *approved_problems, *catalog.problems])
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -124,10 +125,11 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     try:
         specs, problems = read_specs(project_dir)
-        errors = [p for p in problems if p.severity == "error"]
+        approved, approved_problems = approved_templates(project_dir)
+        errors = [p for p in (*problems, *approved_problems) if p.severity == "error"]
         if errors:
             return _print_problems(errors)
-        catalog = build_catalog(specs, template_sources(project_dir), project, strict=True)
+        catalog = build_catalog(specs, template_sources(project_dir), project, strict=True, approved=approved)
     except BotError as exc:
         print(f"consentbot: {exc}", file=sys.stderr)
         return 1

@@ -296,17 +296,53 @@ def render_params(compiled: Mapping[str, jinja2.Template], conversation: Convers
             value = template.render(context)
         except jinja2.TemplateError as exc:
             raise RenderError(f"parameter {name}: {exc}") from None
-        value = " ".join(value.split())  # Meta refuses new lines, tabs and runs of spaces in parameters
-        if not value:
-            raise RenderError(f"parameter {name}: renders empty")
-        if len(value) > PARAM_MAX:
-            raise RenderError(f"parameter {name}: {len(value)} characters (at most {PARAM_MAX})")
-        out[name] = value
+        out[name] = parameter_value(name, value)
     return out
 
 
+def parameter_value(name: str, value: str) -> str:
+    """A body parameter as Meta takes it: whitespace runs become one space (Meta refuses new lines,
+    tabs and runs of spaces); :class:`RenderError` when it is empty or too long (132000/100)."""
+    value = " ".join(value.split())
+    if not value:
+        raise RenderError(f"parameter {name}: renders empty")
+    if len(value) > PARAM_MAX:
+        raise RenderError(f"parameter {name}: {len(value)} characters (at most {PARAM_MAX})")
+    return value
+
+
+def find_declaration(
+    declarations: Iterable[TemplateDeclaration], name: str, locale: str, default_locale: str = ""
+) -> TemplateDeclaration | None:
+    """The declaration of template ``name`` for ``locale``: the exact language (``es``), else one of
+    that language (``es_ES``), else the same for ``default_locale``."""
+    candidates = [d for d in declarations if d.name == name]
+    for loc in dict.fromkeys(x for x in (locale, default_locale) if x):
+        for d in candidates:
+            if d.language == loc:
+                return d
+        for d in candidates:
+            if d.language.split("_")[0] == loc.split("_")[0]:
+                return d
+    return None
+
+
+def fallback_template(decl: TemplateDeclaration, context: Mapping[str, Any]) -> TemplateRef:
+    """``decl`` filled from a flow message's variables: each parameter takes the variable of the same
+    name (a list is joined with ", "). :class:`RenderError` when a variable is missing or unusable."""
+    values = {}
+    for name in decl.parameters:
+        value = context.get(name)
+        if value is None:
+            raise RenderError(f"template {decl.name} ({decl.language}): parameter {name}: no variable `{name}`")
+        text = ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+        values[name] = parameter_value(name, text)
+    return TemplateRef(decl.name, decl.language, template_components(decl, values))
+
+
 def template_components(decl: TemplateDeclaration, values: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
-    """The Graph API ``components`` for one send: body parameters, then the opt-out quick reply's payload."""
+    """The Graph API ``components`` for one send: body parameters, then the payload of every quick reply
+    that declares one (it comes back in the webhook when the customer taps it)."""
     components: list[dict[str, Any]] = []
     if decl.parameters:
         params = []
@@ -316,16 +352,16 @@ def template_components(decl: TemplateDeclaration, values: Mapping[str, str]) ->
                 p["parameter_name"] = name
             params.append(p)
         components.append({"type": "body", "parameters": params})
-    index = decl.optout_index
-    if index is not None:
-        components.append(
-            {
-                "type": "button",
-                "sub_type": "quick_reply",
-                "index": str(index),
-                "parameters": [{"type": "payload", "payload": OPTOUT_PAYLOAD}],
-            }
-        )
+    for index, button in enumerate(decl.buttons):
+        if button.kind == "quick_reply" and button.payload:
+            components.append(
+                {
+                    "type": "button",
+                    "sub_type": "quick_reply",
+                    "index": str(index),
+                    "parameters": [{"type": "payload", "payload": button.payload}],
+                }
+            )
     return tuple(components)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.core import frozen
 from bot.core.consent import Actor, ConsentEventDraft
 from bot.core.conversation import Conversation, PurposeState, PurposeStatus, Timer, Transition
 from bot.core.flowspec import INBOUND, META_STOP, OPTED_OUT, TransitionSpec
@@ -36,7 +37,7 @@ from bot.core.intents import (
     number_in,
 )
 from bot.core.limits import OPTOUT_PAYLOAD
-from bot.core.machine import CompiledFlow, FlowFamily, duration
+from bot.core.machine import CONSENT_REFRESH, CompiledFlow, FlowFamily, duration
 from bot.core.messages import Category, Inbound, InboundKind, Outbound
 from bot.core.project import Project
 from bot.core.rendering import NoticeText
@@ -298,7 +299,8 @@ class _Step:
         self.set: list[Timer] = []
         self.cancelled: list[str] = []
         self.transitions: list[Transition] = []
-        self.sends: list[tuple[str, Category | None, str, dict[str, Any]]] = []
+        # (template, category, purpose, extra context, fallback template)
+        self.sends: list[tuple[str, Category | None, str, dict[str, Any], str]] = []
         self.requests: list[str] = []
         self.notes: list[str] = []
         self.needs_person = conv.needs_person
@@ -321,7 +323,7 @@ class _Step:
         dest = self.flow.model.state if spec.dest is not None else source
         self.trigger = trigger
         self.transitions.append(Transition(trigger, source, dest))
-        self.sends.extend((s.template, s.category, s.purpose, {}) for s in spec.send)
+        self.sends.extend((s.template, s.category, s.purpose, {}, s.fallback) for s in spec.send)
         if spec.dest is not None:
             old = self.flow.spec.states.get(source)
             self.cancel({t.trigger for t in old.timers} if old is not None else set())
@@ -329,13 +331,24 @@ class _Step:
             if new is not None:
                 for ts in new.timers:
                     self.timers = [t for t in self.timers if t.name != ts.trigger]
-                    timer = Timer(ts.trigger, self.now + duration(ts.after, self.project))
+                    due = self.due(ts.after)
+                    if due is None:
+                        continue
+                    timer = Timer(ts.trigger, due)
                     self.timers.append(timer)
                     self.set.append(timer)
                 if not spec.quiet:
-                    self.sends.extend((s.template, s.category, s.purpose, {}) for s in new.send)
+                    self.sends.extend((s.template, s.category, s.purpose, {}, s.fallback) for s in new.send)
         self.state = dest
         return spec
+
+    def due(self, after: str) -> datetime | None:
+        """When a timer set now fires. ``consent_refresh`` counts from the oldest consent still granted
+        (re-entering a state does not postpone it); with nothing granted it is not set."""
+        if after != CONSENT_REFRESH:
+            return self.now + duration(after, self.project)
+        granted = [s.since for s in self.turn.consent.values() if s.state is PurposeState.GRANTED]
+        return min(granted) + duration(after, self.project) if granted else None
 
     def builtin(self, intent: BuiltinIntent, method: str) -> None:
         turn = self.turn
@@ -350,27 +363,27 @@ class _Step:
                 else p
                 for p in gone
             ]
-            self.sends.append((OPTOUT_CONFIRM, Category.UTILITY, "", {"withdrawn": withdrawn}))
+            self.sends.append((OPTOUT_CONFIRM, Category.UTILITY, "", {"withdrawn": withdrawn}, ""))
         elif intent is BuiltinIntent.RESUBSCRIBE:
             self.cancel()
             self.notes.append("resubscribe: double opt-in runs again")
             self.fire(str(BuiltinIntent.RESUBSCRIBE))
         elif intent is BuiltinIntent.HELP:
             self.fire(str(intent))
-            self.sends.append((HELP, None, "", {}))
+            self.sends.append((HELP, None, "", {}, ""))
         elif intent is BuiltinIntent.HUMAN:
             self.fire(str(intent))
             self.needs_person = True
             self.requests.append("human")
-            self.sends.append((HUMAN_ACK, None, "", {}))
+            self.sends.append((HUMAN_ACK, None, "", {}, ""))
         elif intent is BuiltinIntent.EXPORT:
             self.fire(str(intent))
             self.requests.append("export")
-            self.sends.append((EXPORT_ACK, None, "", {}))
+            self.sends.append((EXPORT_ACK, None, "", {}, ""))
         elif intent is BuiltinIntent.ERASE:
             self.fire(str(intent))
             self.requests.append("erase")
-            self.sends.append((ERASE_ACK, None, "", {}))
+            self.sends.append((ERASE_ACK, None, "", {}, ""))
 
     def finish(self, *, inbound: Inbound | None = None, consumed_id: str = "", mute: bool = False) -> Decision:
         turn = self.turn
@@ -382,10 +395,14 @@ class _Step:
             base = message_context(
                 flow, self.project, turn.locale, turn.slots, turn.consent, purposes, self.conv.profile_name
             )
-            for name, category, purpose, extra in self.sends:
+            for name, category, purpose, extra, fallback in self.sends:
                 ctx = {**base, **extra} if extra else base
                 rendered = flow.templates.render(name, turn.locale, ctx, self.conv.subject, category, purpose)
-                outbox.append(rendered.outbound)
+                if fallback:  # the approved template that carries it once the 24-hour window has closed
+                    template = flow.templates.approved(fallback, turn.locale, ctx)
+                    outbox.append(frozen.evolve(rendered.outbound, fallback=template))
+                else:
+                    outbox.append(rendered.outbound)
                 if rendered.notice:
                     notice = NoticeText.of(
                         self.project.notice_version, rendered.locale, rendered.text, name, rendered.notice,
@@ -525,9 +542,9 @@ def decide(
             turn.value = intent.value
             turn.number = intent.number
             if step.fire(intent.name) is None:
-                step.sends.append((FALLBACK, None, "", {}))
+                step.sends.append((FALLBACK, None, "", {}, ""))
         elif intent.kind == "fallback":
-            step.sends.append((FALLBACK, None, "", {"stale": intent.stale}))
+            step.sends.append((FALLBACK, None, "", {"stale": intent.stale}, ""))
         else:
             step.notes.append(f"ignored {event.kind}")
         return step.finish(inbound=event, consumed_id=event.id)

@@ -23,6 +23,7 @@ _SEND_ITEM: dict[str, Any] = {
                 "template": _NAME,
                 "category": {"enum": ["service", "utility", "marketing"]},
                 "purpose": _NAME,
+                "fallback": _NAME,
             },
         },
     ]

@@ -28,7 +28,9 @@ META_STOP = "meta_stop"  # Meta's "stop promotions" / error 131050
 RESERVED_TRIGGERS: frozenset[str] = frozenset(
     {*(str(i) for i in BuiltinIntent), META_STOP, "migrate", "trigger", "turn", "state", "may_trigger"}
 )
-SETTINGS_DURATIONS: frozenset[str] = frozenset({"confirm_expiry", "confirm_reminder", "decline_cooloff"})
+SETTINGS_DURATIONS: frozenset[str] = frozenset(
+    {"confirm_expiry", "confirm_reminder", "decline_cooloff", "consent_refresh"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +52,22 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class SendSpec:
+    """One message a state or transition sends. ``fallback`` names an approved WhatsApp template
+    (``whatsapp_templates.yaml``) that carries the message when the 24-hour window has closed."""
+
     template: str
     category: Category | None = None
     purpose: str = ""
     path: str = ""
+    fallback: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TimerSpec:
     trigger: str
-    after: str  # "12h", "30m", "2d", "45s" or a Project setting (confirm_expiry, confirm_reminder, decline_cooloff)
+    # "12h", "30m", "2d", "45s" or a Project setting (confirm_expiry, confirm_reminder, decline_cooloff,
+    # consent_refresh)
+    after: str
     path: str = ""
 
 
@@ -210,7 +218,7 @@ class _Reader:
                 self.error(p, "a marketing message needs a purpose", "add `purpose: <purpose id>`")
             if purpose and category is not Category.MARKETING:
                 self.error(p, "`purpose` is only for marketing messages", "add `category: marketing`")
-            out.append(SendSpec(item["template"], category, purpose, p))
+            out.append(SendSpec(item["template"], category, purpose, p, str(item.get("fallback", ""))))
         return tuple(out)
 
     def transition(self, raw: dict[str, Any], source: str, path: str) -> TransitionSpec:

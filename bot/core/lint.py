@@ -15,6 +15,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.core.audience import fallback_template, find_declaration
 from bot.core.conversation import PurposeState, PurposeStatus
 from bot.core.flowspec import INBOUND, OPTED_OUT, FlowSpec, Problem, SendSpec
 from bot.core.intents import BuiltinIntent
@@ -170,6 +171,8 @@ def lint_flow(spec: FlowSpec, templates: TemplateSet, project: Project) -> list[
                 if at_state != "*"
                 else frozenset(t.trigger for t in spec.transitions())
             )
+            if send.fallback:
+                out.extend(_check_fallback(send, loc, at_state, valid, templates, spec, contexts[loc]))
             for bid, _ in tpl.buttons:
                 trig = bid.partition(":")[0]
                 if trig not in valid and trig not in _BUILTIN_IDS:
@@ -189,6 +192,60 @@ def lint_flow(spec: FlowSpec, templates: TemplateSet, project: Project) -> list[
                 checked.add((name, loc, "None", ""))
                 out.extend(_check_render(templates, name, loc, contexts[loc], None, "", project))
     return _dedupe(out)
+
+
+def _check_fallback(
+    send: SendSpec,
+    loc: str,
+    at_state: str,
+    valid: frozenset[str],
+    templates: TemplateSet,
+    spec: FlowSpec,
+    ctx: dict[str, Any],
+) -> list[Problem]:
+    """A send's ``fallback`` names an approved template of the right category for every locale, whose
+    parameters are message variables and whose quick replies lead somewhere."""
+    file = spec.file
+    line = spec.line(send.path)
+
+    def problem(severity: str, message: str, hint: str) -> Problem:
+        return Problem(file, line, severity, message, hint, send.path)
+
+    decl = find_declaration(templates.approved_templates, send.fallback, loc, spec.default_locale)
+    if decl is None:
+        return [
+            problem(
+                "error",
+                f"fallback template `{send.fallback}` is not declared for `{loc}`",
+                "declare the approved template in whatsapp_templates.yaml (docs/campaigns.md)",
+            )
+        ]
+    out = []
+    want = "MARKETING" if send.category is Category.MARKETING else "UTILITY"
+    if decl.status != "APPROVED" or decl.category != want:
+        out.append(
+            problem(
+                "error",
+                f"fallback template `{decl.name}` ({decl.language}) is {decl.status} {decl.category}, "
+                f"not APPROVED {want}",
+                "a marketing message falls back to a MARKETING template, any other to a UTILITY one",
+            )
+        )
+    try:
+        fallback_template(decl, ctx)
+    except CoreError as exc:
+        out.append(problem("error", str(exc), "name the template's parameters after message variables"))
+    for b in decl.buttons:
+        if b.kind == "quick_reply" and b.payload and b.payload.partition(":")[0] not in valid | _BUILTIN_IDS:
+            out.append(
+                problem(
+                    "warning",
+                    f"quick reply `{b.payload}` of fallback template `{decl.name}` does nothing in state "
+                    f"`{at_state}`",
+                    "use a trigger of that state as the payload",
+                )
+            )
+    return out
 
 
 def _check_render(

@@ -28,8 +28,18 @@ from bot.errors import FlowError
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+CONSENT_REFRESH = "consent_refresh"
+REFRESH_LEAD_DAYS = 30  # the refresh question goes this long before consent goes stale
+
+
 def duration(after: str, project: Project) -> timedelta:
-    """A timer's ``after`` as a timedelta: ``45s``/``30m``/``12h``/``2d`` or a Project setting name."""
+    """A timer's ``after`` as a timedelta: ``45s``/``30m``/``12h``/``2d`` or a Project setting name.
+
+    ``consent_refresh`` is ``retention.consent_refresh_days`` less :data:`REFRESH_LEAD_DAYS` (at most
+    half of it); the engine counts it from the oldest consent still granted, not from now."""
+    if after == CONSENT_REFRESH:
+        days = project.retention.consent_refresh_days
+        return timedelta(days=days - min(REFRESH_LEAD_DAYS, days // 2))
     if after == "confirm_expiry":
         return timedelta(hours=project.confirm_expiry_hours)
     if after == "confirm_reminder":

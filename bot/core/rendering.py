@@ -39,9 +39,10 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from bot.core import limits
+from bot.core.audience import TemplateDeclaration, fallback_template, find_declaration
 from bot.core.flowspec import Problem, load_yaml
 from bot.core.frozen import evolve
-from bot.core.messages import Button, Category, ListRow, ListSection, Outbound, OutboundKind
+from bot.core.messages import Button, Category, ListRow, ListSection, Outbound, OutboundKind, TemplateRef
 from bot.core.standard_replies import DEFAULTS, STOP_BUTTON, STOP_FOOTER
 from bot.errors import RenderError
 
@@ -326,8 +327,14 @@ class TemplateSet:
     """All templates of a project, compiled once. Lookup falls back to the flow's default locale, then to
     English, then to the built-in defaults of :mod:`bot.core.standard_replies`."""
 
-    def __init__(self, sources: Iterable[TemplateSource], default_locale: str = FALLBACK_LOCALE) -> None:
+    def __init__(
+        self,
+        sources: Iterable[TemplateSource],
+        default_locale: str = FALLBACK_LOCALE,
+        approved: Iterable[TemplateDeclaration] = (),
+    ) -> None:
         self.default_locale = default_locale
+        self.approved_templates = tuple(approved)  # whatsapp_templates.yaml: what a flow send may fall back to
         self.problems: list[Problem] = []
         self._env = _env()
         self._own: dict[tuple[str, str], CompiledTemplate] = {}
@@ -349,6 +356,15 @@ class TemplateSet:
         # Rendered messages by template and the values it read; only templates whose output depends on
         # nothing else are cached (no `random`), only for plain-data values, at most RENDER_CACHE_SIZE.
         self._rendered: dict[tuple[Any, ...], Rendered] = {}
+
+    def approved(self, name: str, locale: str, context: Mapping[str, Any]) -> TemplateRef:
+        """The approved WhatsApp template ``name`` for ``locale`` (else the default locale), filled from
+        ``context`` (:func:`bot.core.audience.fallback_template`). :class:`RenderError` when it is not
+        declared or a parameter has no value."""
+        decl = find_declaration(self.approved_templates, name, locale, self.default_locale)
+        if decl is None:
+            raise RenderError(f"no approved template `{name}` for `{locale}` in whatsapp_templates.yaml")
+        return fallback_template(decl, context)
 
     def own(self) -> dict[tuple[str, str], CompiledTemplate]:
         """The project's own templates by (locale, name)."""

@@ -244,6 +244,11 @@ def _confirm_consent(t: Turn) -> None:
         t.emit(p, ConsentAction.CONFIRMED, frequency=t.slots.get("frequency"))
 
 
+def _refresh_consent(t: Turn) -> None:
+    for p in t.with_state(PurposeState.GRANTED):
+        t.emit(p, ConsentAction.REFRESHED, frequency=t.slots.get("frequency"))
+
+
 def _cancel_request(t: Turn) -> None:
     for p in t.with_state(PurposeState.REQUESTED):
         t.emit(p, ConsentAction.DECLINED)
@@ -303,6 +308,7 @@ ACTIONS: dict[str, Callable[[Turn], None]] = {
     "skip_purpose": _skip_purpose,  # "no" to the purpose being asked
     "request_consent": _request_consent,  # REQUESTED for chosen purposes; WITHDRAWN for dropped ones
     "confirm_consent": _confirm_consent,  # CONFIRMED for every requested purpose (double opt-in step 2)
+    "refresh_consent": _refresh_consent,  # REFRESHED for every granted purpose (the customer kept it)
     "cancel_request": _cancel_request,  # DECLINED for every requested purpose
     "decline": _decline,  # DECLINED (WITHDRAWN if granted) for every purpose; starts the cool-off
     "expire_request": _expire_request,  # EXPIRED for every requested purpose; starts the cool-off

@@ -5,6 +5,7 @@ Layout (see ``docs/flows.md``)::
     <project>/flows/*.yaml            one flow version per file (e.g. consent.yaml)
     <project>/flows/archive/*.yaml    older versions kept for conversations that started on them
     <project>/templates/<locale>/*.j2 one message template per file
+    <project>/whatsapp_templates.yaml the approved WhatsApp templates (flow sends' ``fallback``)
 
 Every version present is compiled (one ``transitions.Machine`` each) and kept: a conversation stays on
 the version it started with; new conversations get the newest. :func:`load_catalog` refuses to start
@@ -17,6 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from bot.core.audience import CampaignError, TemplateDeclaration, declarations_from
 from bot.core.conversation import Conversation
 from bot.core.flowspec import FlowSpec, Problem, read_flow
 from bot.core.lint import lint_flow
@@ -87,14 +91,38 @@ def read_specs(project_dir: Path) -> tuple[list[FlowSpec], list[Problem]]:
     return specs, problems
 
 
+APPROVED_TEMPLATES_FILE = "whatsapp_templates.yaml"
+
+
+def approved_templates(project_dir: Path) -> tuple[list[TemplateDeclaration], list[Problem]]:
+    """The approved WhatsApp templates a project declares (``whatsapp_templates.yaml``; none when the
+    file is absent), and what is wrong with the file."""
+    path = project_dir / APPROVED_TEMPLATES_FILE
+    if not path.is_file():
+        return [], []
+    try:
+        return declarations_from(yaml.safe_load(path.read_text(encoding="utf-8")), path.name), []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        return [], [Problem(path.name, line, "error", f"malformed YAML: {exc}", "")]
+    except CampaignError as exc:
+        return [], [Problem(path.name, 1, "error", str(exc), "see docs/campaigns.md for the format")]
+
+
 def build_catalog(
-    specs: Iterable[FlowSpec], sources: Iterable[TemplateSource], project: Project, strict: bool = True
+    specs: Iterable[FlowSpec],
+    sources: Iterable[TemplateSource],
+    project: Project,
+    strict: bool = True,
+    approved: Iterable[TemplateDeclaration] = (),
 ) -> Catalog:
-    """Compile specs and templates (pure apart from nothing: handy for tests). With ``strict`` any lint
-    error raises :class:`FlowError`."""
+    """Compile specs and templates (pure apart from nothing: handy for tests). ``approved`` are the
+    declared WhatsApp templates flow sends may fall back to. With ``strict`` any lint error raises
+    :class:`FlowError`."""
     spec_list = list(specs)
     default = spec_list[0].default_locale if spec_list else project.default_locale
-    templates = TemplateSet(sources, default)
+    templates = TemplateSet(sources, default, approved)
     problems: list[Problem] = list(templates.problems)
     for spec in spec_list:
         problems.extend(lint_flow(spec, templates, project))
@@ -115,5 +143,9 @@ def load_catalog(project_dir: Path, project: Project, strict: bool = True) -> Ca
         raise FlowError("; ".join(p.format() for p in errors[:10]), path="flows")
     if not specs and strict:
         raise FlowError(f"no flow files under {project_dir / 'flows'}", path="flows")
-    catalog = build_catalog(specs, template_sources(project_dir), project, strict)
+    approved, approved_problems = approved_templates(project_dir)
+    problems.extend(approved_problems)
+    if strict and approved_problems:
+        raise FlowError("; ".join(p.format() for p in approved_problems), path=APPROVED_TEMPLATES_FILE)
+    catalog = build_catalog(specs, template_sources(project_dir), project, strict, approved)
     return Catalog(catalog.flows, catalog.templates, (*problems, *catalog.problems))

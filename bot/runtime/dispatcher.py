@@ -296,11 +296,11 @@ class Dispatcher:
             timer = next((t for t in conversation.timers if t.name == work.name), None) if conversation else None
             if conversation is None or timer is None or timer.due > now:
                 return  # already fired, cancelled or moved
-            rest = tuple(t for t in conversation.timers if t is not timer)
-            base = conversation.evolve(timers=rest)
-            turn = self.decide(base, timer, conversation.phone_number_id, conversation.subject, now)
-            if turn is None:
-                turn = Turn(conversation=base)
+            # The engine takes the fired timer off the conversation itself (it must see it set to fire it).
+            turn = self.decide(conversation, timer, conversation.phone_number_id, conversation.subject, now)
+            if turn is None:  # no flow for it: just drop the timer
+                rest = tuple(t for t in conversation.timers if t is not timer)
+                turn = Turn(conversation=conversation.evolve(timers=rest))
             await self._commit(conversation, turn, Cause.TIMER, timer.name, (), (), release=True)
             released = True
         finally:

@@ -119,11 +119,13 @@ class Sender:
             await self._settle(entry_id, SendOutcome(OutState.BLOCKED, reason=str(verdict.reason)))
             log.info("send blocked", extra={"reason": str(verdict.reason), "detail": verdict.detail})
             return OutState.BLOCKED
-        return await self._deliver(entry_id, verdict.message, conversation, attempts)
+        return await self._deliver(entry_id, verdict.message, conversation, attempts, str(verdict.reason))
 
     async def _deliver(
-        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int
+        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int, allowed: str = ""
     ) -> OutState:
+        """Send ``message`` (the gate's version of the entry: its fallback template outside the window);
+        an accepted send records ``allowed``, the gate's reason, on the entry."""
         pnid = conversation.phone_number_id if conversation is not None else ""
         started = time.perf_counter()
         try:
@@ -133,7 +135,7 @@ class Sender:
             return await self._failed(entry_id, message, conversation, exc, attempts)
         self.metrics.send_latency.observe(time.perf_counter() - started)
         self.metrics.sends.inc(result="accepted")
-        await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=result.wamid))
+        await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=result.wamid, reason=allowed))
         return OutState.ACCEPTED
 
     async def _failed(

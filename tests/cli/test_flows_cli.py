@@ -71,6 +71,7 @@ def test_test_runs_the_shipped_scenarios(capsys: pytest.CaptureFixture[str]) -> 
 def test_test_reports_a_failing_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copytree(ROOT / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("tests"))
     shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    shutil.copy(ROOT / "whatsapp_templates.yaml", tmp_path / "whatsapp_templates.yaml")
     (tmp_path / "flows" / "tests").mkdir()
     (tmp_path / "flows" / "tests" / "t.yaml").write_text(
         "scenarios:\n  - name: stop confirms\n    steps:\n      - send: STOP\n        says: 'welcome aboard'\n"

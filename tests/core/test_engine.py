@@ -266,3 +266,34 @@ def test_conversation_stays_on_its_version_and_migrates_only_when_it_is_gone() -
 def test_human_request_sets_needs_person() -> None:
     d = decide(subscribed(), msg("AGENTE"), FAMILY, P, NOW)
     assert d.conversation.needs_person and d.requests == ("human",) and d.outbox[0].category is Category.SERVICE
+
+
+def test_refresh_question_carries_its_approved_template_and_the_taps_come_back() -> None:
+    conv = subscribed()
+    timer = next(t for t in conv.timers if t.name == "refresh")
+    granted = min(s.since for s in conv.consent.values() if s.state is PurposeState.GRANTED)
+    assert timer.due == granted + timedelta(days=P.retention.consent_refresh_days - 30)
+    d = decide(conv, TimerFired("refresh"), FAMILY, P, timer.due)
+    assert d.conversation.state == "refresh"
+    (question,) = d.outbox
+    assert question.category is Category.UTILITY and question.fallback is not None
+    assert conv.locale == "es"  # a Spanish number
+    assert (question.fallback.name, question.fallback.language) == ("consent_refresh", "es")
+    body, keep, stop = question.fallback.components
+    titles = ", ".join(p.title("es", "en") for p in P.purposes if conv.consent.get(p.id) is not None
+                       and conv.consent[p.id].state is PurposeState.GRANTED)
+    assert body == {"type": "body", "parameters": [{"type": "text", "text": P.controller.name},
+                                                   {"type": "text", "text": titles}]}
+    assert [keep["parameters"][0]["payload"], stop["parameters"][0]["payload"]] == ["refresh_yes", "refresh_no"]
+    assert [keep["index"], stop["index"]] == ["0", "1"]
+    # the template's quick reply comes back as a template button tap, months later
+    tap = Inbound(id="wamid.tpl", phone_number_id="pn", subject=conv.subject, timestamp=0,
+                  kind=InboundKind.TEMPLATE_BUTTON, wa_id=conv.subject, text="Sí, seguir", payload="refresh_yes")
+    later = timer.due + timedelta(days=20)
+    kept = decide(d.conversation, tap, FAMILY, P, later)
+    assert kept.conversation.state == "subscribed"
+    assert [(e.purpose, e.action) for e in kept.consent] == [
+        (p, ConsentAction.REFRESHED) for p, s in conv.consent.items() if s.state is PurposeState.GRANTED]
+    assert all(s.since == later for s in kept.conversation.consent.values() if s.state is PurposeState.GRANTED)
+    next_timer = next(t for t in kept.conversation.timers if t.name == "refresh")
+    assert next_timer.due == later + timedelta(days=P.retention.consent_refresh_days - 30)

@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bot.core.audience import declarations_from
 from bot.core.flowspec import Problem, read_flow
 from bot.core.lint import lint_flow
 from bot.core.rendering import TemplateSet
 from bot.core.sample import SAMPLE_PROJECT
-from bot.runtime.catalog import build_catalog, read_specs, template_sources
+from bot.runtime.catalog import approved_templates, build_catalog, read_specs, template_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = ROOT / "tests" / "data" / "flows" / "broken"
@@ -58,8 +60,33 @@ def test_problem_format_is_file_line_severity_message_hint() -> None:
 def test_shipped_flow_has_no_problem() -> None:
     specs, problems = read_specs(ROOT)
     assert [s.id for s in specs] == ["consent"]
-    catalog = build_catalog(specs, template_sources(ROOT), SAMPLE_PROJECT, strict=False)
-    assert [p.format() for p in (*problems, *catalog.problems)] == []
+    approved, approved_problems = approved_templates(ROOT)
+    assert [s.name for s in approved if s.category == "UTILITY"] == ["consent_refresh", "consent_refresh"]
+    catalog = build_catalog(specs, template_sources(ROOT), SAMPLE_PROJECT, strict=False, approved=approved)
+    assert [p.format() for p in (*problems, *approved_problems, *catalog.problems)] == []
+
+
+def _shipped_with(approved_yaml: str | None) -> list[str]:
+    """Problems of the shipped flow when whatsapp_templates.yaml says ``approved_yaml`` (None: absent)."""
+    spec, _ = read_flow((ROOT / "flows" / "consent.yaml").read_text(encoding="utf-8"), "consent.yaml")
+    assert spec is not None
+    approved = declarations_from(yaml.safe_load(approved_yaml)) if approved_yaml else []
+    found = lint_flow(spec, TemplateSet(template_sources(ROOT), "en", approved), SAMPLE_PROJECT)
+    return [p.format() for p in found if "fallback" in p.message or "parameter" in p.message]
+
+
+def test_a_fallback_must_be_an_approved_template_of_the_right_category_with_known_variables() -> None:
+    assert any("fallback template `consent_refresh` is not declared for `en`" in p for p in _shipped_with(None))
+    shipped = (ROOT / "whatsapp_templates.yaml").read_text(encoding="utf-8")
+    assert _shipped_with(shipped) == []
+    marketing = shipped.replace("category: UTILITY", "category: MARKETING")
+    assert any("is APPROVED MARKETING, not APPROVED UTILITY" in p for p in _shipped_with(marketing))
+    pending = shipped.replace("status: APPROVED\n    body: \"Some time", "status: PENDING\n    body: \"Some time")
+    assert any("(en) is PENDING UTILITY" in p for p in _shipped_with(pending))
+    unknown = shipped.replace("parameters: [business, granted]", "parameters: [business, shoe_size]")
+    assert any("no variable `shoe_size`" in p for p in _shipped_with(unknown))
+    dead = shipped.replace("payload: refresh_no", "payload: nowhere")
+    assert any("quick reply `nowhere`" in p and "does nothing" in p for p in _shipped_with(dead))
 
 
 def test_button_doing_nothing_is_a_warning() -> None:

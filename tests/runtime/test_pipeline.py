@@ -317,3 +317,82 @@ async def test_status_131047_queues_the_approved_fallback_template(service: Runn
     entries = {e.id: e for e in await store.transcript.for_conversation(KEY)}
     assert entries["test:late-131047:fallback"].outbound is not None
     assert entries["test:late-131047:fallback"].outbound.kind is OutboundKind.TEMPLATE
+
+
+async def test_consent_refresh_question_goes_as_the_approved_template_when_the_window_is_closed(
+    service: Running,
+) -> None:
+    """700 days after the confirmation (730 - 30), with the customer silent for days: the refresh question
+    leaves through the gate as the approved template `consent_refresh`, and its quick reply renews consent."""
+    await subscribe(service)
+    await service.services.components["dispatcher"].idle()
+    store = service.services.store
+    head = await store.conversations.get(KEY)
+    assert head is not None and head.state == "subscribed"
+    now = datetime.now(UTC)
+    old = now - timedelta(days=701)
+    aged = head.evolve(
+        consent={p: s.__class__(s.state, old, s.notice_version) for p, s in head.consent.items()},
+        window_opened_at=now - timedelta(days=3),
+        timers=(Timer("refresh", now - timedelta(seconds=1)),),
+        version=head.version + 1,
+    )
+    lease = await store.conversations.acquire(KEY, "test", now, 10)
+    assert lease.acquired
+    await store.steps.commit(Step(conversation=aged, seq=aged.version, at=now, cause=Cause.SYSTEM), "test")
+    before = len(service.sim.sent_to(NUMBER))
+    await service.services.components["poller"].tick()
+    sent = (await bot_messages(service, before + 1))[-1]
+    assert sent["type"] == "template"
+    template = sent["template"]
+    assert isinstance(template, dict) and template["name"] == "consent_refresh"
+    assert template["language"] == {"code": "es"}
+    payloads = [c["parameters"][0]["payload"] for c in template["components"] if c["type"] == "button"]
+    assert payloads == ["refresh_yes", "refresh_no"]
+    entries = await store.transcript.for_conversation(KEY)
+    question = entries[-1]
+    assert question.out_state is OutState.ACCEPTED and question.outbound is not None
+    assert question.outbound.fallback is not None and question.outbound.fallback.name == "consent_refresh"
+    assert question.reason == "allowed_fallback"  # the gate's reason: sent as its approved template
+
+    await service.sim.customer_taps(NUMBER, last_bot_bubble_id(service), "refresh_yes")
+
+    async def refreshed() -> bool:
+        h = await store.conversations.get(KEY)
+        return h is not None and h.state == "subscribed" and all(
+            s.since > now for s in h.consent.values() if s.state is PurposeState.GRANTED)
+
+    await wait_until(refreshed, what="consent refreshed")
+    events = await store.ledger.history(NUMBER)
+    assert [e.event.action for e in events[-2:]] == [ConsentAction.REFRESHED, ConsentAction.REFRESHED]
+
+
+async def test_an_unconfirmed_request_expires_through_the_poller(service: Running) -> None:
+    """The confirmation request's `expire` timer, due (as after a restart), fires the flow's transition:
+    EXPIRED events in the ledger and the conversation moves on (not only the timer removed)."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    for i, tap in enumerate(["consent_yes", "age_yes", "purpose_yes", "purpose_yes", "set_frequency:weekly"], 1):
+        await bot_messages(service, i)
+        await service.sim.customer_taps(NUMBER, last_bot_bubble_id(service), tap)
+    await bot_messages(service, 6)
+    await service.services.components["dispatcher"].idle()
+    store = service.services.store
+    head = await store.conversations.get(KEY)
+    assert head is not None and head.state == "confirm" and {t.name for t in head.timers} == {"remind", "expire"}
+    now = datetime.now(UTC)
+    due = head.evolve(timers=tuple(Timer(t.name, now - timedelta(seconds=1)) if t.name == "expire" else t
+                                   for t in head.timers), version=head.version + 1)
+    assert (await store.conversations.acquire(KEY, "test", now, 10)).acquired
+    await store.steps.commit(Step(conversation=due, seq=due.version, at=now, cause=Cause.SYSTEM), "test")
+    await service.services.components["poller"].tick()
+
+    async def expired() -> bool:
+        h = await store.conversations.get(KEY)
+        return h is not None and h.state == "declined"
+
+    await wait_until(expired, what="the request to expire")
+    h = await store.conversations.get(KEY)
+    assert h is not None and not h.timers
+    assert {p: s.state for p, s in h.consent.items()} == {"offers": PurposeState.EXPIRED, "news": PurposeState.EXPIRED}
+    actions = [r.event.action for r in await store.ledger.history(NUMBER)]
+    assert actions[-2:] == [ConsentAction.EXPIRED, ConsentAction.EXPIRED]
