@@ -31,9 +31,11 @@ import base64
 import html
 import json
 import logging
+import re
 import secrets
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -176,7 +178,10 @@ class Simulator:
         waba_id: str = WABA_ID,
         webhook_attempts: int = 4,
         timeout_hold: float = 15.0,
+        templates: Mapping[tuple[str, str], ApprovedText] | None = None,
     ) -> None:
+        """``templates``: the approved texts by (name, language), so a template message shows its body
+        (parameters filled in) and its quick replies' titles instead of just its name."""
         if not phone_numbers:
             raise ValueError("phone_numbers: at least one phone_number_id -> display number")
         self.app_secret = app_secret
@@ -187,6 +192,7 @@ class Simulator:
         self.waba_id = waba_id
         self.webhook_attempts = webhook_attempts
         self.timeout_hold = timeout_hold
+        self.templates = dict(templates or {})
         self.customers: dict[str, Customer] = {}
         self.conversations: dict[str, list[Bubble]] = {}
         self.requests: list[RequestRecord] = []
@@ -361,7 +367,7 @@ class Simulator:
             code = int(injected)
             return self._error(arrived, pnid, "message", customer.number, code, body)
         self.requests.append(RequestRecord(arrived, pnid, "message", customer.number, 200, None, body))
-        bubble = _bubble_from_body(body)
+        bubble = _bubble_from_body(body, self.templates)
         self._add_bubble(customer, bubble)
         customer.typing_until = 0.0
         if isinstance(injected, int):
@@ -560,7 +566,26 @@ def _digits(number: str | None) -> str | None:
     return compact if compact.isascii() and compact.isdigit() and 6 <= len(compact) <= 15 else None
 
 
-def _bubble_from_body(body: dict[str, Any]) -> Bubble:
+@dataclass(frozen=True, slots=True)
+class ApprovedText:
+    """What a customer sees of an approved template: its body (``{{1}}`` or ``{{name}}`` placeholders)
+    and its buttons' titles, in order."""
+
+    body: str
+    buttons: tuple[str, ...] = ()
+
+
+def _filled(text: str, positional: list[str], named: dict[str, str]) -> str:
+    def value(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key.isdigit() and 0 < int(key) <= len(positional):
+            return positional[int(key) - 1]
+        return named.get(key, m.group(0))
+
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", value, text)
+
+
+def _bubble_from_body(body: dict[str, Any], known: Mapping[tuple[str, str], ApprovedText] | None = None) -> Bubble:
     kind = body.get("type")
     context = body.get("context")
     bubble = Bubble(id=new_wamid(), direction="bot", kind=str(kind), text="", time=time.time(), body=body,
@@ -588,19 +613,30 @@ def _bubble_from_body(body: dict[str, Any]) -> Bubble:
             ]}
     elif kind == "template":
         template = body["template"]
+        approved = (known or {}).get((str(template["name"]), str(template["language"]["code"])))
         params: list[str] = []
+        named: dict[str, str] = {}
         for comp in template.get("components", []):
             quick_reply = comp.get("type") == "button" and comp.get("sub_type") == "quick_reply"
+            index = int(comp["index"]) if str(comp.get("index", "")).isdigit() else -1
             for p in comp.get("parameters", []):
                 if not isinstance(p, dict):
                     continue
                 if quick_reply and p.get("type") == "payload":
-                    bubble.quick_replies.append({"payload": p["payload"], "title": p["payload"]})
+                    title = p["payload"]
+                    if approved is not None and 0 <= index < len(approved.buttons):
+                        title = approved.buttons[index]
+                    bubble.quick_replies.append({"payload": p["payload"], "title": title})
                 elif p.get("type") == "text" and comp.get("type") != "button":
                     params.append(str(p.get("text", "")))
-        bubble.text = f"[template {template['name']} · {template['language']['code']}]"
-        if params:
-            bubble.text += " " + " | ".join(params)
+                    if p.get("parameter_name"):
+                        named[str(p["parameter_name"])] = str(p.get("text", ""))
+        if approved is not None:
+            bubble.text = _filled(approved.body, params, named)
+        else:
+            bubble.text = f"[template {template['name']} · {template['language']['code']}]"
+            if params:
+                bubble.text += " " + " | ".join(params)
     elif kind == "reaction":
         bubble.text = body["reaction"].get("emoji", "")
         bubble.context_id = body["reaction"]["message_id"]
@@ -724,6 +760,7 @@ def create_simulator_app(
     access_token: str,
     phone_numbers: dict[str, str],
     status_delays: tuple[float, float, float] = (0.05, 0.15, 0.3),
+    templates: Mapping[tuple[str, str], ApprovedText] | None = None,
 ) -> web.Application:
     """The sandbox application. Its :class:`Simulator` is ``app[SIMULATOR]`` (inject errors, read logs).
 
@@ -732,7 +769,7 @@ def create_simulator_app(
     the JSON API ``/_sim/api/customers[/{number}/messages|/taps]``.
     """
     sim = Simulator(app_secret=app_secret, webhook_url=webhook_url, access_token=access_token,
-                    phone_numbers=phone_numbers, status_delays=status_delays)
+                    phone_numbers=phone_numbers, status_delays=status_delays, templates=templates)
     page = string.Template(_asset("templates/phone.html"))
     script = _asset("static/phone.js")
     businesses = json.dumps([{"phone_number_id": k, "display": v} for k, v in phone_numbers.items()])

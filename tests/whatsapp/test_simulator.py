@@ -16,7 +16,7 @@ from bot.core.messages import Button, InboundKind, ListRow, ListSection, Outboun
 from bot.whatsapp.client import GraphClient
 from bot.whatsapp.payloads import Notification
 from bot.whatsapp.signature import verify_signature
-from bot.whatsapp.simulator import SIMULATOR, create_simulator_app
+from bot.whatsapp.simulator import SIMULATOR, ApprovedText, create_simulator_app
 
 
 async def api(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -223,3 +223,35 @@ def test_simulator_needs_a_number() -> None:
     with pytest.raises(ValueError, match="phone_numbers"):
         create_simulator_app(app_secret=SECRET, webhook_url="http://127.0.0.1:1/webhook", access_token=TOKEN,
                              phone_numbers={})
+
+
+async def test_known_templates_show_their_approved_text_and_button_titles(
+    sandbox: Sandbox, session: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    sim = sandbox.sim
+    sim.templates[("consent_refresh", "en")] = ApprovedText(
+        "You agreed to messages from {{1}} about {{2}}. Keep them?", ("Yes, keep them", "No, stop them"))
+    sim.add_customer(CUSTOMER, "Ana")
+    client = make_client(session, sandbox)
+    components = (
+        {"type": "body", "parameters": [{"type": "text", "text": "Café Aurora"}, {"type": "text", "text": "Offers"}]},
+        {"type": "button", "sub_type": "quick_reply", "index": "0",
+         "parameters": [{"type": "payload", "payload": "refresh_yes"}]},
+        {"type": "button", "sub_type": "quick_reply", "index": "1",
+         "parameters": [{"type": "payload", "payload": "refresh_no"}]},
+    )
+    known = await client.send(PNID, Outbound(to=CUSTOMER, kind=OutboundKind.TEMPLATE,
+                                             template=TemplateRef("consent_refresh", "en", components)))
+    unknown = await client.send(PNID, Outbound(to=CUSTOMER, kind=OutboundKind.TEMPLATE,
+                                               template=TemplateRef("other", "en", components[:1])))
+    bubbles = {b.id: b for b in sim.conversation(CUSTOMER)}
+    shown = bubbles[known.wamid]
+    assert shown.text == "You agreed to messages from Café Aurora about Offers. Keep them?"
+    assert shown.quick_replies == [{"payload": "refresh_yes", "title": "Yes, keep them"},
+                                   {"payload": "refresh_no", "title": "No, stop them"}]
+    assert bubbles[unknown.wamid].text == "[template other · en] Café Aurora | Offers"
+    tap = await sim.customer_taps(CUSTOMER, known.wamid, "refresh_yes")
+    await receiver.wait_for(has_message(tap))
+    got = {m.id: m for n in receiver.notifications() for m in n.messages}
+    assert (got[tap].kind, got[tap].payload, got[tap].text) == (InboundKind.TEMPLATE_BUTTON, "refresh_yes",
+                                                                "Yes, keep them")
