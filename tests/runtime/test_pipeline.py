@@ -396,3 +396,24 @@ async def test_an_unconfirmed_request_expires_through_the_poller(service: Runnin
     assert {p: s.state for p, s in h.consent.items()} == {"offers": PurposeState.EXPIRED, "news": PurposeState.EXPIRED}
     actions = [r.event.action for r in await store.ledger.history(NUMBER)]
     assert actions[-2:] == [ConsentAction.EXPIRED, ConsentAction.EXPIRED]
+
+
+async def test_asking_for_my_data_in_the_chat_opens_a_request_with_its_deadline(service: Running) -> None:
+    """Typed in WhatsApp, through the whole service: the bot acknowledges, and the request is open for an
+    operator with the one-month deadline (GDPR 12(3))."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.sim.customer_sends_text(NUMBER, "Mis datos")
+    await service.sim.customer_sends_text(NUMBER, "borrar mis datos")
+    await bot_messages(service, 3)
+    privacy = service.services.components["privacy"]
+
+    async def opened() -> bool:
+        return len(await privacy.open_requests()) == 2
+
+    await wait_until(opened, what="two open data requests")
+    requests = {str(r.kind): r for r in await privacy.open_requests()}
+    assert set(requests) == {"access", "erasure"}
+    for r in requests.values():
+        assert r.subject == NUMBER and r.actor == "customer"
+        assert timedelta(days=28) <= r.due_at - r.received_at <= timedelta(days=31) and "asked in chat" in r.note
