@@ -325,6 +325,45 @@ class Phase:
     def rate(self) -> float:
         return self.counted / self.seconds if self.seconds else 0.0
 
+    def count(self, t0: float, t_ack: float, t_reply: float) -> None:
+        self.counted += 1
+        self.ack_ms.append((t_ack - t0) * 1000)
+        self.reply_ms.append((t_reply - t0) * 1000)
+
+
+async def exchange(session: aiohttp.ClientSession, url: str, graph: FakeGraph, phase: Phase, wa_id: str,
+                   wamid: str, text: str, expect: int) -> tuple[float, float, float] | None:
+    """One customer's text: post the signed webhook, then wait for the fake Graph API to have ``expect``
+    replies for the number. Returns (sent, acknowledged, replied) times, or None (counted in ``phase``)."""
+    raw = text_webhook(wa_id, wamid, text)
+    fut = graph.expect(wa_id, expect)
+    t0 = time.perf_counter()
+    phase.sent += 1
+    try:
+        async with session.post(url, data=raw, headers={
+            "Content-Type": "application/json", HEADER: sign(raw, SECRET), "X-Request-Id": wa_id,
+        }) as r:
+            await r.read()
+            status = r.status
+    except aiohttp.ClientError:
+        phase.errors += 1
+        graph.waiters.pop(wa_id, None)
+        return None
+    t_ack = time.perf_counter()
+    if status != 200:
+        phase.refused += 1
+        graph.waiters.pop(wa_id, None)
+        return None
+    phase.acked += 1
+    phase.customers.append(wa_id)
+    try:
+        t_reply = await asyncio.wait_for(fut, 30)
+    except TimeoutError:
+        phase.timeouts += 1
+        graph.waiters.pop(wa_id, None)
+        return None
+    return t0, t_ack, t_reply
+
 
 async def closed_loop(session: aiohttp.ClientSession, url: str, graph: FakeGraph, phase: Phase, *,
                       numbers: Callable[[], tuple[str, str, int]], text: str, concurrency: int, warmup: float,
@@ -339,37 +378,9 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, graph: FakeGraph
     async def customer() -> None:
         while time.perf_counter() < t_end:
             wa_id, wamid, expect = numbers()
-            raw = text_webhook(wa_id, wamid, text)
-            fut = graph.expect(wa_id, expect)
-            t0 = time.perf_counter()
-            phase.sent += 1
-            try:
-                async with session.post(url, data=raw, headers={
-                    "Content-Type": "application/json", HEADER: sign(raw, SECRET), "X-Request-Id": wa_id,
-                }) as r:
-                    await r.read()
-                    status = r.status
-            except aiohttp.ClientError:
-                phase.errors += 1
-                graph.waiters.pop(wa_id, None)
-                continue
-            t_ack = time.perf_counter()
-            if status != 200:
-                phase.refused += 1
-                graph.waiters.pop(wa_id, None)
-                continue
-            phase.acked += 1
-            phase.customers.append(wa_id)
-            try:
-                t_reply = await asyncio.wait_for(fut, 30)
-            except TimeoutError:
-                phase.timeouts += 1
-                graph.waiters.pop(wa_id, None)
-                continue
-            if t_measure <= t0 and t_reply <= t_end:
-                phase.counted += 1
-                phase.ack_ms.append((t_ack - t0) * 1000)
-                phase.reply_ms.append((t_reply - t0) * 1000)
+            times = await exchange(session, url, graph, phase, wa_id, wamid, text, expect)
+            if times is not None and t_measure <= times[0] and times[2] <= t_end:
+                phase.count(*times)
 
     async def cpu_mark() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
@@ -519,31 +530,10 @@ async def returning_loop(session: aiohttp.ClientSession, url: str, graph: FakeGr
                 wa_id, wamid, _ = numbers()
             except StopIteration:
                 return
-            raw = text_webhook(wa_id, wamid, "hola")
-            fut = graph.expect(wa_id, len(graph.replies.get(wa_id, ())) + 1)
-            t0 = time.perf_counter()
-            async with session.post(url, data=raw, headers={
-                "Content-Type": "application/json", HEADER: sign(raw, SECRET), "X-Request-Id": wa_id,
-            }) as r:
-                await r.read()
-                status = r.status
-            t_ack = time.perf_counter()
-            phase.sent += 1
-            if status != 200:
-                phase.refused += 1
-                graph.waiters.pop(wa_id, None)
-                continue
-            phase.acked += 1
-            phase.customers.append(wa_id)
-            try:
-                t_reply = await asyncio.wait_for(fut, 30)
-            except TimeoutError:
-                phase.timeouts += 1
-                graph.waiters.pop(wa_id, None)
-                continue
-            phase.counted += 1
-            phase.ack_ms.append((t_ack - t0) * 1000)
-            phase.reply_ms.append((t_reply - t0) * 1000)
+            times = await exchange(session, url, graph, phase, wa_id, wamid, "hola",
+                                   len(graph.replies.get(wa_id, ())) + 1)
+            if times is not None:
+                phase.count(*times)
 
     await asyncio.gather(*(customer() for _ in range(args.concurrency)))
     phase.seconds = time.perf_counter() - t0_all

@@ -73,15 +73,25 @@ def _print_problems(problems: list[Problem]) -> int:
     return 1 if errors else 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+def _opened(path: Path) -> tuple[Path, Project] | None:
+    """The project folder ``path`` belongs to and its project (a note on stderr when it is the sample
+    project); None, after saying so, when ``path`` does not exist."""
     if not path.exists():
         print(f"consentbot: {path}: no such file or folder", file=sys.stderr)
-        return 2
+        return None
     project_dir = project_dir_of(path)
     project, note = load_project_for(project_dir)
     if note:
         print(note, file=sys.stderr)
+    return project_dir, project
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    opened = _opened(path)
+    if opened is None:
+        return 2
+    project_dir, project = opened
     if path.is_file():
         spec, problems = read_flow(path.read_text(encoding="utf-8"), str(path))
         specs: list[FlowSpec] = [spec] if spec is not None else []
@@ -116,13 +126,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if not path.exists():
-        print(f"consentbot: {path}: no such file or folder", file=sys.stderr)
+    opened = _opened(path)
+    if opened is None:
         return 2
-    project_dir = project_dir_of(path)
-    project, note = load_project_for(project_dir)
-    if note:
-        print(note, file=sys.stderr)
+    project_dir, project = opened
     try:
         specs, problems = read_specs(project_dir)
         approved, approved_problems = approved_templates(project_dir)
