@@ -18,7 +18,7 @@ and data-rights requests are still raised in ``Decision.requests`` but nothing i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.core import frozen
@@ -283,6 +283,9 @@ def message_context(
     }
     ctx.update(extra)
     return ctx
+
+
+PAUSED_REFRESH_RETRY = timedelta(hours=6)  # a consent-refresh question due during a takeover waits this long
 
 
 class _Step:
@@ -557,6 +560,16 @@ def decide(
             return step.finish()
         step.cancel({event.name})
         step.cancelled.remove(event.name)
+        here = compiled.spec.states.get(conversation.state)
+        if conversation.paused and here is not None and any(
+            t.trigger == event.name and t.after == CONSENT_REFRESH for t in here.timers
+        ):
+            # An agent has the conversation: the refresh question would be muted and never asked. Ask later.
+            later = Timer(event.name, now + PAUSED_REFRESH_RETRY)
+            step.timers.append(later)
+            step.set.append(later)
+            step.notes.append(f"timer {event.name}: paused by an agent; asking after {later.due.isoformat()}")
+            return step.finish(mute=True)
         if step.fire(event.name) is None:
             step.notes.append(f"timer {event.name}: no transition from {conversation.state}")
         return step.finish(mute=conversation.paused)

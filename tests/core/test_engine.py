@@ -297,3 +297,14 @@ def test_refresh_question_carries_its_approved_template_and_the_taps_come_back()
     assert all(s.since == later for s in kept.conversation.consent.values() if s.state is PurposeState.GRANTED)
     next_timer = next(t for t in kept.conversation.timers if t.name == "refresh")
     assert next_timer.due == later + timedelta(days=P.retention.consent_refresh_days - 30)
+
+
+def test_refresh_due_during_a_takeover_waits_instead_of_being_muted() -> None:
+    conv = subscribed().evolve(paused=True)
+    timer = next(t for t in conv.timers if t.name == "refresh")
+    d = decide(conv, TimerFired("refresh"), FAMILY, P, timer.due)
+    assert d.conversation.state == "subscribed" and d.outbox == () and d.transitions == ()
+    (again,) = [t for t in d.conversation.timers if t.name == "refresh"]
+    assert again.due == timer.due + timedelta(hours=6)
+    back = decide(d.conversation.evolve(paused=False), TimerFired("refresh"), FAMILY, P, again.due)
+    assert back.conversation.state == "refresh" and len(back.outbox) == 1
