@@ -179,6 +179,8 @@ def entry_item(entry: TranscriptEntry) -> TimelineItem:
             meta.append(f"purpose {msg.purpose}")
         if msg.template_id:
             meta.append(msg.template_id)
+        if entry.reason == "allowed_fallback" and msg.fallback is not None:
+            meta.append(f"sent as approved template {msg.fallback.name}")  # the window had closed
     detail = ""
     if ticks == "blocked":
         detail = f"Blocked by the send gate: {describe_reason(entry.reason)} ({entry.reason})"
