@@ -17,7 +17,7 @@ take over / reply / hand back   yes      yes         yes
 restricted conversations        no       no          yes
 audit log                       no       yes         yes
 data-subject requests page      no       yes         yes
-export / erase / restrict       no       no          yes
+export / erase / (un)restrict   no       no          yes
 ==============================  =======  ==========  =======
 
 Every page view and action is written to the audit trail (who, what, when, target, outcome).
@@ -65,7 +65,7 @@ PREFIX = "/console"
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static" / "console"
 PURPOSE_STATES = ("none", "requested", "granted", "declined", "withdrawn", "expired")
-PRIVACY_ACTIONS = ("export", "erase", "restrict")
+PRIVACY_ACTIONS = ("export", "erase", "restrict", "unrestrict")
 
 
 # --- what the console needs from others ----------------------------------------------------------
@@ -76,6 +76,7 @@ class PrivacyActions(Protocol):
     async def export(self, subject: str, actor: Principal) -> dict[str, Any]: ...
     async def erase(self, subject: str, actor: Principal) -> dict[str, Any]: ...
     async def restrict(self, subject: str, actor: Principal) -> dict[str, Any]: ...
+    async def unrestrict(self, subject: str, actor: Principal) -> dict[str, Any]: ...
     async def receipt(self, subject: str) -> dict[str, Any]: ...
     async def verify(self, subject: str) -> ChainCheck: ...
     async def open_requests(self, limit: int = 100) -> list[DataRequest]:
@@ -89,6 +90,7 @@ class PrivacyServiceLike(Protocol):
     async def export(self, subject: str, actor: str = ...) -> dict[str, Any]: ...
     async def erase(self, subject: str, actor: str) -> Any: ...
     async def restrict(self, subject: str, actor: str) -> Any: ...
+    async def unrestrict(self, subject: str, actor: str) -> Any: ...
     async def receipt(self, subject: str) -> dict[str, Any]: ...
     async def verify(self, subject: str | None = None) -> list[ChainCheck]: ...
     async def open_requests(self, limit: int = 100) -> list[DataRequest]: ...
@@ -122,6 +124,11 @@ class PrivacyServiceActions:
         request = await self.service.restrict(subject, actor.name)
         return {"request": request.id, "status": str(request.status),
                 "conversations restricted": len(request.result.get("conversations", []))}
+
+    async def unrestrict(self, subject: str, actor: Principal) -> dict[str, Any]:
+        request = await self.service.unrestrict(subject, actor.name)
+        return {"request": request.id, "status": str(request.status),
+                "restriction lifted on conversations": len(request.result.get("conversations", []))}
 
     async def receipt(self, subject: str) -> dict[str, Any]:
         return await self.service.receipt(subject)
@@ -762,7 +769,9 @@ async def _privacy(request: web.Request, confirm: bool) -> web.StreamResponse:
         raise web.HTTPNotFound()
     if not viewer.can("privacy"):
         await console.audit(request, f"privacy.{action}", key, outcome="denied")
-        return console.deny(request, "Only a privacy officer can export, erase or restrict a customer's data.")
+        return console.deny(
+            request, "Only a privacy officer can export, erase, restrict or lift a restriction on a customer's data."
+        )
     conversation, denied = await _conversation_or_deny(request, f"privacy.{action}")
     if denied is not None or conversation is None:
         return denied or web.HTTPNotFound()
@@ -783,6 +792,8 @@ async def _privacy(request: web.Request, confirm: bool) -> web.StreamResponse:
             return _download(doc, f"export-{_filename(conversation.subject)}.json")
         if action == "erase":
             result = await console.privacy.erase(conversation.subject, viewer.principal)
+        elif action == "unrestrict":
+            result = await console.privacy.unrestrict(conversation.subject, viewer.principal)
         else:
             result = await console.privacy.restrict(conversation.subject, viewer.principal)
     except BotError as exc:
@@ -791,8 +802,8 @@ async def _privacy(request: web.Request, confirm: bool) -> web.StreamResponse:
                             message=str(exc))
     summary = {k.replace(" ", "_"): str(v) for k, v in result.items() if not k.startswith("answer")}
     await console.audit(request, f"privacy.{action}", key, result=summary)
-    return console.page(request, "privacy_done.html", title=f"{action.capitalize()} done", action=action,
-                        key=key, result=result)
+    title = "Restriction lifted" if action == "unrestrict" else f"{action.capitalize()} done"
+    return console.page(request, "privacy_done.html", title=title, action=action, key=key, result=result)
 
 
 # --- data-subject requests -----------------------------------------------------------------------

@@ -282,12 +282,23 @@ async def test_a_privacy_officer_restricts_after_confirming(world: World) -> Non
     await expect(page.get_by_role("heading", name="Restrict done")).to_be_visible()
     head = await world.store.conversations.get(KEY)
     assert head is not None and head.restricted
+    # and lifts it again, also after confirming
+    await page.goto(f"{world.base}{PREFIX}/c/{KEY}")
+    await expect(page.get_by_role("link", name="Restrict processing")).to_have_count(0)
+    await page.get_by_role("link", name="Lift the restriction").click()
+    await expect(page.get_by_role("heading", name="Lift the restriction")).to_be_visible()
+    await page.get_by_label("I have verified the request").check()
+    await page.get_by_role("button", name="Lift restriction").click()
+    await expect(page.get_by_role("heading", name="Restriction lifted")).to_be_visible()
+    head = await world.store.conversations.get(KEY)
+    assert head is not None and not head.restricted
     await page.goto(f"{world.base}{PREFIX}/flows")
     await expect(page.locator("svg.bars").first).to_be_visible()
     await expect(page.locator("figure.diagram svg")).to_have_count(1)
     await page.screenshot(path=str(SHOTS / "flows.png"), full_page=True)
     await page.goto(f"{world.base}{PREFIX}/audit")
     await expect(page.locator("table.audit")).to_contain_text("privacy.restrict")
+    await expect(page.locator("table.audit")).to_contain_text("privacy.unrestrict")
     await expect(page.locator("table.audit")).to_contain_text("desk.reply")
     await page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
     await page.close()

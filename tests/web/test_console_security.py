@@ -272,12 +272,12 @@ async def test_agents_see_no_privacy_actions_and_get_403(kit: Kit) -> None:
         csrf = await kit.login(who)
         page = await (await kit.client.get(f"{PREFIX}/c/{key}")).text()
         assert "privacy-actions" not in page and "/privacy/erase" not in page
-        for action in ("export", "erase", "restrict"):
+        for action in ("export", "erase", "restrict", "unrestrict"):
             r = await kit.client.get(f"{PREFIX}/c/{key}/privacy/{action}")
             assert r.status == 403
             r = await kit.client.post(f"{PREFIX}/c/{key}/privacy/{action}", data={"_csrf": csrf, "confirm": "yes"})
             assert r.status == 403
-    assert await kit.accounts.audit.count(AuditQuery(action="privacy.", actor="ana")) == 6
+    assert await kit.accounts.audit.count(AuditQuery(action="privacy.", actor="ana")) == 8
     denied = await kit.accounts.audit.find(AuditQuery(action="privacy.erase"))
     assert {e.outcome for e in denied} == {"denied"}
 
