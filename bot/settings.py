@@ -263,6 +263,7 @@ def load_project(project_dir: Path) -> Project:
             consent_refresh_days=_int(
                 ret, "consent_refresh_days", "retention.consent_refresh_days", 730, 30, 3650
             ),
+            audit_days=_int(ret, "audit_days", "retention.audit_days", 730, 30, 3650),
         ),
     )
 

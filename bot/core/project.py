@@ -43,6 +43,7 @@ class Retention:
     inbox_days: int = 7
     blocked_proof_days: int = 3 * 365
     consent_refresh_days: int = 730
+    audit_days: int = 730  # the console's audit log (who viewed or did what, with customer keys)
 
 
 @dataclass(frozen=True, slots=True)

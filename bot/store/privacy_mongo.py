@@ -153,12 +153,16 @@ async def apply_retention_indexes(
 #: inbox entries once processed (``done_at`` is set by ``Inbox.mark_done``; pending ones never expire).
 TRANSCRIPTS = RetentionTarget(ix.TRANSCRIPT, "at")
 PROCESSED_INBOX = RetentionTarget(ix.INBOX, "done_at")
+#: The console's audit log (``bot.store.accounts_mongo``, same database), by the entry's time.
+AUDIT = RetentionTarget("audit", "at")
 
 
 async def apply_store_retention(db: AsyncDatabase[Doc], retention: Retention) -> list[TtlIndex]:
-    """:func:`apply_retention_indexes` on the main store's own collections (run at start, after
-    ``MongoStore.open``, on ``MongoStore.database``)."""
-    return await apply_retention_indexes(db, retention, transcripts=TRANSCRIPTS, inbox=PROCESSED_INBOX)
+    """:func:`apply_retention_indexes` on the main store's own collections and the console's audit log
+    (``retention.audit_days``), run at start, after ``MongoStore.open``, on ``MongoStore.database``."""
+    return await apply_retention_indexes(
+        db, retention, transcripts=TRANSCRIPTS, inbox=PROCESSED_INBOX, extra={AUDIT: retention.audit_days}
+    )
 
 
 # --- ports ---------------------------------------------------------------------------------------

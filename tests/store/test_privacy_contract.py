@@ -261,6 +261,7 @@ async def test_retention_on_the_main_store_collections(mongo_store: MongoStore) 
     assert await ttl_of(db, "transcript", "at") == 180 * 86400
     assert await ttl_of(db, "inbox", "done_at") == 7 * 86400
     assert await ttl_of(db, "blocked_proof", "destroy_at") == 0
+    assert await ttl_of(db, "audit", "at") == 730 * 86400  # the console's audit log, retention.audit_days
     await mongo_store.open()  # the main store re-opening leaves the TTL indexes alone
     changed = await apply_store_retention(db, Retention(transcripts_days=90, inbox_days=7))
     assert [d.action for d in changed if d.collection == "transcript"] == ["updated"]
