@@ -349,9 +349,13 @@ async def test_consent_refresh_question_goes_as_the_approved_template_when_the_w
     assert template["language"] == {"code": "es"}
     payloads = [c["parameters"][0]["payload"] for c in template["components"] if c["type"] == "button"]
     assert payloads == ["refresh_yes", "refresh_no"]
-    entries = await store.transcript.for_conversation(KEY)
-    question = entries[-1]
-    assert question.out_state is OutState.ACCEPTED and question.outbound is not None
+
+    async def settled() -> bool:  # the simulator has the message before the send's answer is recorded
+        return (await store.transcript.for_conversation(KEY))[-1].out_state is OutState.ACCEPTED
+
+    await wait_until(settled, what="the question's send recorded")
+    question = (await store.transcript.for_conversation(KEY))[-1]
+    assert question.outbound is not None
     assert question.outbound.fallback is not None and question.outbound.fallback.name == "consent_refresh"
     assert question.reason == "allowed_fallback"  # the gate's reason: sent as its approved template
 
