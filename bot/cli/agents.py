@@ -2,11 +2,13 @@
 
     consentbot agents add NAME --role agent|supervisor|privacy [--password-stdin]
     consentbot agents list
+    consentbot agents passwd NAME [--password-stdin]
     consentbot agents disable NAME
 
 Passwords are asked twice without echo (``getpass``), or read from the first line of standard input
 with ``--password-stdin`` (scripts). Only an Argon2id hash is stored. Disabling an account ends its
-console sessions at once; accounts are never deleted (the audit trail names them).
+console sessions at once, and so does setting a new password; accounts are never deleted (the audit
+trail names them).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ MIN_PASSWORD = 12
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("agents", help="console accounts: add, list, disable")
+    p = sub.add_parser("agents", help="console accounts: add, list, passwd, disable")
     p.add_argument("--project", default=".", help="project folder with consentbot.yaml (default: .)")
     asub = p.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
     add = asub.add_parser("add", help="create an account (asks for the password twice)")
@@ -39,6 +41,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.set_defaults(func=lambda a: asyncio.run(_add(a.project, a.name, a.role, a.password_stdin)))
     ls = asub.add_parser("list", help="list the accounts")
     ls.set_defaults(func=lambda a: asyncio.run(_list(a.project)))
+    pw = asub.add_parser("passwd", help="set a new password (asks twice) and end the account's sessions")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    pw.set_defaults(func=lambda a: asyncio.run(_passwd(a.project, a.name, a.password_stdin)))
     dis = asub.add_parser("disable", help="disable an account and end its sessions")
     dis.add_argument("name")
     dis.set_defaults(func=lambda a: asyncio.run(_disable(a.project, a.name)))
@@ -94,6 +100,21 @@ async def _list(project: str) -> int:
     for a in agents:
         status = f"disabled {a.disabled_at:%Y-%m-%d}" if a.disabled and a.disabled_at else "active"
         print(f"{a.name:<{width}}  {a.role:<10}  {status:<20}  created {a.created_at:%Y-%m-%d}")
+    return 0
+
+
+async def _passwd(project: str, name: str, from_stdin: bool) -> int:
+    password = read_password(from_stdin)
+    password_hash = await asyncio.to_thread(hash_password, password)
+    now = datetime.now(UTC)
+    async with AsyncExitStack() as stack:
+        accounts = await open_accounts(project, stack)
+        if not await accounts.agents.set_password(name, password_hash, now):
+            print(f"consentbot: no agent {name!r}", file=sys.stderr)
+            return 1
+        ended = await accounts.sessions.delete_for(name)
+        await accounts.audit.append(AuditEntry(now, "cli", "", "agents.passwd", name, detail={"sessions": ended}))
+    print(f"new password set for {name} ({ended} session(s) ended)")
     return 0
 
 

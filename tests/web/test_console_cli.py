@@ -78,3 +78,43 @@ def test_hashes_are_argon2id_and_verify() -> None:
     assert console_auth.verify_password(h, "a-long-enough-password")
     assert not console_auth.verify_password(h, "a-long-enough-passworD")
     assert not console_auth.verify_password("not a hash", "x")
+
+
+def test_passwd_sets_a_new_password_and_ends_the_sessions(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    from contextlib import AsyncExitStack
+    from datetime import UTC, datetime, timedelta
+
+    from bot.store.accounts import AuditQuery, Session
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("the-first-password\n"))
+    assert main(["agents", "--project", str(project), "add", "ana", "--role", "agent", "--password-stdin"]) == 0
+    now = datetime.now(UTC)
+
+    async def sign_in() -> None:
+        async with AsyncExitStack() as stack:
+            accounts = await agents.open_accounts(str(project), stack)
+            await accounts.sessions.create(Session("s" * 64, "ana", "agent", "c" * 32, now,
+                                                   now + timedelta(hours=1), now + timedelta(hours=8)))
+
+    asyncio.run(sign_in())
+    monkeypatch.setattr("sys.stdin", io.StringIO("the-second-password\n"))
+    assert main(["agents", "--project", str(project), "passwd", "ana", "--password-stdin"]) == 0
+    assert "new password set for ana (1 session(s) ended)" in capsys.readouterr().out
+
+    async def check() -> None:
+        async with AsyncExitStack() as stack:
+            accounts = await agents.open_accounts(str(project), stack)
+            agent = await accounts.agents.get("ana")
+            assert agent is not None
+            assert console_auth.verify_password(agent.password_hash, "the-second-password")
+            assert not console_auth.verify_password(agent.password_hash, "the-first-password")
+            assert await accounts.sessions.get("s" * 64) is None
+            assert await accounts.audit.count(AuditQuery(action="agents.passwd")) == 1
+
+    asyncio.run(check())
+    monkeypatch.setattr("sys.stdin", io.StringIO("the-third-password\n"))
+    assert main(["agents", "--project", str(project), "passwd", "ghost", "--password-stdin"]) == 1
+    assert "no agent 'ghost'" in capsys.readouterr().err
