@@ -421,3 +421,24 @@ async def test_asking_for_my_data_in_the_chat_opens_a_request_with_its_deadline(
     for r in requests.values():
         assert r.subject == NUMBER and r.actor == "customer"
         assert timedelta(days=28) <= r.due_at - r.received_at <= timedelta(days=31) and "asked in chat" in r.note
+
+
+async def test_a_subscriber_types_baja_then_marketing_is_allowed_no_more(service: Running) -> None:
+    """Opt-out as easy as opt-in, through the whole service: a typed keyword withdraws every purpose,
+    the customer gets the confirmation, and the gate refuses the next promotion (no_consent)."""
+    promo = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="20% off", category=Category.MARKETING, purpose="offers")
+    await subscribe(service)
+    await service.services.components["dispatcher"].idle()
+    state, reason = await _gate(service, promo, "test:promo-before")
+    assert (state, reason) == (OutState.ACCEPTED, "allowed_in_window")
+    sent = len(service.sim.sent_to(NUMBER))
+    await service.sim.customer_sends_text(NUMBER, "Báj a!!")
+    confirmation = (await bot_messages(service, sent + 1))[-1]
+    assert "ALTA" in str(confirmation)  # how to come back, in Spanish
+    await service.services.components["dispatcher"].idle()
+    head = await service.services.store.conversations.get(KEY)
+    assert head is not None and not head.granted("offers") and not head.granted("news")
+    actions = [r.event.action for r in await service.services.store.ledger.history(NUMBER)]
+    assert actions[-2:] == [ConsentAction.WITHDRAWN, ConsentAction.WITHDRAWN]
+    state, reason = await _gate(service, promo, "test:promo-after")
+    assert (state, reason) == (OutState.BLOCKED, "no_consent")
