@@ -17,6 +17,7 @@ and data-rights requests are still raised in ``Decision.requests`` but nothing i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,7 +41,7 @@ from bot.core.limits import OPTOUT_PAYLOAD
 from bot.core.machine import CONSENT_REFRESH, CompiledFlow, FlowFamily, duration
 from bot.core.messages import Category, Inbound, InboundKind, Outbound
 from bot.core.project import Project
-from bot.core.rendering import NoticeText
+from bot.core.rendering import Context, FixedValues, NoticeText
 from bot.core.standard_replies import ERASE_ACK, EXPORT_ACK, FALLBACK, HELP, HUMAN_ACK, OPTOUT_CONFIRM
 from bot.core.turn import Turn
 from bot.errors import FlowError
@@ -221,31 +222,65 @@ def message_context(
     profile_name: str = "",
     **extra: Any,
 ) -> dict[str, Any]:
-    """The variables every template can use (documented in docs/flows.md)."""
-    default = flow.spec.default_locale
-    c = project.controller
+    """The variables every template can use (documented in docs/flows.md). The values that depend only
+    on the flow, the project and the language are built once (:func:`_fixed_context`) and shared: the
+    templates render in an immutable sandbox, so nothing can change them."""
+    fixed, info = _fixed_context(flow, project, locale, purposes)
 
-    def info(pid: str) -> dict[str, str]:
-        p = project.purpose(pid)
-        if p is None:
-            return {"id": pid, "title": pid, "description": "", "frequency": ""}
-        return {
-            "id": pid,
-            "title": p.title(locale, default),
-            "description": p.descriptions.get(locale) or p.descriptions.get(default, ""),
-            "frequency": p.frequency.get(locale) or p.frequency.get(default, ""),
-        }
-
-    def titles(ids: list[str]) -> list[str]:
-        return [info(p)["title"] for p in ids]
+    def titles(ids: Iterable[str]) -> list[str]:
+        return [(info[p] if p in info else _purpose_info(project, p, locale, flow.spec.default_locale))["title"]
+                for p in ids]
 
     def having(state: PurposeState) -> list[str]:
         return [p for p in purposes if (s := consent.get(p)) is not None and s.state is state]
 
     i = slots.get("purpose_i", 0)
     chosen = slots.get("chosen", [])
-    words = {cls: (per.get(locale) or per.get(default) or ("",))[0] for cls, per in flow.spec.keywords.items()}
-    ctx: dict[str, Any] = {
+    ctx = Context(fixed)
+    ctx["purpose"] = info[purposes[i]] if isinstance(i, int) and 0 <= i < len(purposes) else None
+    ctx["chosen"] = titles(p for p in chosen if isinstance(p, str)) if isinstance(chosen, list) else []
+    ctx["granted"] = titles(having(PurposeState.GRANTED))
+    ctx["requested"] = titles(having(PurposeState.REQUESTED))
+    ctx["withdrawn"] = []
+    ctx["frequency"] = slots.get("frequency", "")
+    ctx["profile_name"] = profile_name
+    ctx["stale"] = False
+    ctx["slots"] = slots
+    ctx.update(extra)
+    return ctx
+
+
+def _purpose_info(project: Project, pid: str, locale: str, default: str) -> dict[str, str]:
+    p = project.purpose(pid)
+    if p is None:
+        return {"id": pid, "title": pid, "description": "", "frequency": ""}
+    return {
+        "id": pid,
+        "title": p.title(locale, default),
+        "description": p.descriptions.get(locale) or p.descriptions.get(default, ""),
+        "frequency": p.frequency.get(locale) or p.frequency.get(default, ""),
+    }
+
+
+_FIXED: dict[tuple[int, int, str, tuple[str, ...]], tuple[Any, Any, FixedValues, dict[str, dict[str, str]]]] = {}
+
+
+def _fixed_context(
+    flow: CompiledFlow, project: Project, locale: str, purposes: tuple[str, ...]
+) -> tuple[FixedValues, dict[str, dict[str, str]]]:
+    """The part of :func:`message_context` that depends only on the flow's spec, the project, the
+    language and the purposes (kept per process; the key holds the spec and project themselves, so an
+    entry is never reused for other objects), and each purpose's info by id."""
+    spec = flow.spec
+    key = (id(spec), id(project), locale, purposes)
+    hit = _FIXED.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is project:
+        return hit[2], hit[3]
+    default = spec.default_locale
+    c = project.controller
+    info = {p: _purpose_info(project, p, locale, default) for p in purposes}
+    words = {cls: (per.get(locale) or per.get(default) or ("",))[0] for cls, per in spec.keywords.items()}
+    fixed = FixedValues({
         "business": c.name,
         "controller": {
             "name": c.name,
@@ -261,15 +296,8 @@ def message_context(
         "expiry_hours": project.confirm_expiry_hours,
         "cooloff_days": project.decline_cooloff_days,
         "proof_years": max(1, project.retention.blocked_proof_days // 365),
-        "purposes": [info(p) for p in purposes],
-        "purpose": info(purposes[i]) if isinstance(i, int) and 0 <= i < len(purposes) else None,
-        "chosen": titles([p for p in chosen if isinstance(p, str)]) if isinstance(chosen, list) else [],
-        "granted": titles(having(PurposeState.GRANTED)),
-        "requested": titles(having(PurposeState.REQUESTED)),
-        "withdrawn": [],
-        "frequency": slots.get("frequency", ""),
+        "purposes": [info[p] for p in purposes],
         "locale": locale,
-        "profile_name": profile_name,
         "stop_word": STOP_WORD.get(locale, "STOP"),
         "start_word": START_WORD.get(locale, "START"),
         "help_word": HELP_WORD.get(locale, "HELP"),
@@ -278,11 +306,11 @@ def message_context(
         "erase_word": ERASE_WORD.get(locale, ERASE_WORD["en"]),
         "prefs_word": words.get("preferences", ""),
         "words": words,
-        "stale": False,
-        "slots": slots,
-    }
-    ctx.update(extra)
-    return ctx
+    })
+    if len(_FIXED) >= 256:
+        _FIXED.clear()
+    _FIXED[key] = (spec, project, fixed, info)
+    return fixed, info
 
 
 PAUSED_REFRESH_RETRY = timedelta(hours=6)  # a consent-refresh question due during a takeover waits this long

@@ -253,6 +253,37 @@ class _Unhashable(Exception):
     pass
 
 
+class FixedValues(dict[str, Any]):
+    """Context values that never change while this object lives (built once, rendered in the immutable
+    sandbox). A :class:`Context` names it so the render cache keys them by its ``token``, not by walking
+    the values again (a cache entry holds the token, so no other object can take its place)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        super().__init__(values)
+        self.token = object()
+
+
+class Context(dict[str, Any]):
+    """A template context whose values for the keys of ``fixed`` are ``fixed``'s own objects unless
+    overridden (the render cache checks identity)."""
+
+    __slots__ = ("fixed",)
+
+    def __init__(self, fixed: FixedValues) -> None:
+        super().__init__(fixed)
+        self.fixed = fixed
+
+
+def _key_part(context: Mapping[str, Any], name: str) -> Any:
+    value = context.get(name, _MISSING)
+    fixed = getattr(context, "fixed", None)
+    if fixed is not None and name in fixed and fixed[name] is value:
+        return (fixed.token, name)
+    return _frozen(value)
+
+
 def _frozen(value: Any) -> Any:
     """A hashable stand-in for a template value that is equal only for values that render the same
     (``1``, ``1.0`` and ``True`` compare equal in Python but print differently). Raises
@@ -406,7 +437,7 @@ class TemplateSet:
         key: tuple[Any, ...] | None = None
         if not tpl.varying:
             try:
-                key = (tpl, category, purpose, *(_frozen(context.get(n, _MISSING)) for n in sorted(tpl.reads)))
+                key = (tpl, category, purpose, *(_key_part(context, n) for n in sorted(tpl.reads)))
             except _Unhashable:
                 key = None
             else:

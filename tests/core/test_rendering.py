@@ -9,7 +9,7 @@ import pytest
 
 from bot.core import limits
 from bot.core.messages import Button, Category, ListRow, ListSection, Outbound, OutboundKind
-from bot.core.rendering import NoticeText, TemplateSet, TemplateSource, shown_text
+from bot.core.rendering import Context, FixedValues, NoticeText, TemplateSet, TemplateSource, shown_text
 from bot.errors import LimitError, RenderError
 
 CTX = {"business": "Acme Shoes", "name": "Ana", "stop_word": "STOP"}
@@ -244,4 +244,19 @@ def test_the_rendered_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     ts = _set(("en", "t", "{{ v }}"))
     for v in range(10):
         assert ts.render("t", "en", {"v": v}, "x").text == str(v)
+    assert len(ts._rendered) == 3
+
+
+def test_fixed_values_are_keyed_by_their_token_and_an_override_is_seen() -> None:
+    ts = _set(("en", "t", "{{ business }}: {% for p in purposes %}{{ p.title }} {% endfor %}"))
+    fixed = FixedValues({"business": "Acme", "purposes": [{"title": "Offers"}]})
+    ctx = Context(fixed)
+    assert ts.render("t", "en", ctx, "x").text == "Acme: Offers"
+    assert ts.render("t", "en", Context(fixed), "y").text == "Acme: Offers"
+    assert len(ts._rendered) == 1  # the second render was the kept one
+    other = Context(fixed)
+    other["business"] = "Other Shop"  # overrides a fixed value: keyed by the value itself
+    assert ts.render("t", "en", other, "z").text == "Other Shop: Offers"
+    same_values = Context(FixedValues({"business": "Acme", "purposes": [{"title": "News"}]}))
+    assert ts.render("t", "en", same_values, "w").text == "Acme: News"  # another FixedValues, another key
     assert len(ts._rendered) == 3
