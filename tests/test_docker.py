@@ -33,3 +33,13 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     assert "USER consentbot" in text
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert 'CMD ["consentbot", "serve"' in text
+
+
+def test_the_image_holds_every_project_file_the_service_loads() -> None:
+    """The shipped flow falls back to an approved template: without whatsapp_templates.yaml the
+    service refuses to start (flows check error), so the image must carry it with the rest."""
+    from bot.runtime.catalog import APPROVED_TEMPLATES_FILE
+
+    copied = [line.split()[-2] for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY --chown")]
+    assert {"consentbot.yaml", "flows", "templates", APPROVED_TEMPLATES_FILE} <= set(copied)
