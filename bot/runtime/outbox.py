@@ -22,12 +22,13 @@ from bot.errors import ChannelError
 from bot.runtime.clock import utc_now
 from bot.runtime.inbox import consent_error_entry
 from bot.runtime.metrics import Metrics
-from bot.store.base import OutState, SendOutcome, Store, TranscriptEntry
+from bot.store.base import IN_DOUBT, OutState, SendOutcome, Store, TranscriptEntry
 
 log = logging.getLogger("consentbot.outbox")
 
 WINDOW_ERROR = 131047
 MAX_SEND_ATTEMPTS = 8
+OUTCOME_UNKNOWN = "outcome_unknown"  # re-queued: waiting for a status before sending again
 
 
 class Accepted(Protocol):
@@ -177,9 +178,21 @@ class Sender:
             log.warning("lost the lease on an outbox entry before settling it", extra={"entry": entry_id})
 
     async def resume(self, entry: TranscriptEntry) -> OutState:
-        """Send an entry claimed by the recovery loop (a previous holder died or a retry is due)."""
+        """Send an entry claimed by the recovery loop (a previous holder died or a retry is due).
+
+        An entry whose holder stopped in the middle of an attempt (``reason`` :data:`IN_DOUBT`) may
+        already be at Meta: it is not sent now but re-queued after ``unknown_outcome_wait``, like a
+        timed-out send. A status webhook naming it (its callback data) adopts it meanwhile, and it is
+        never sent again; only if none comes is it sent a second time."""
         if entry.outbound is None:
             return OutState.FAILED
+        if entry.reason == IN_DOUBT:
+            self.metrics.sends.inc(result="outcome_unknown")
+            retry_at = self.clock() + timedelta(seconds=self.unknown_outcome_wait)
+            await self._settle(entry.id, SendOutcome(OutState.PENDING, reason=OUTCOME_UNKNOWN, retry_at=retry_at))
+            log.info("outbox entry in doubt after its sender stopped; waiting for a status before resending",
+                     extra={"entry": entry.id})
+            return OutState.PENDING
         conversation = await self.store.conversations.get(entry.key)
         return await self.send(entry.id, entry.outbound, conversation, entry.attempts)
 

@@ -345,6 +345,9 @@ class SendOutcome:
     retry_at: datetime | None = None  # with state PENDING: try again at this time
 
 
+IN_DOUBT = "in_doubt"  # Transcript.claim: the previous holder's attempt may have reached Meta
+
+
 class Transcript(ABC):
     """Messages in and out, the outbox (pending outbound entries) and delivery statuses."""
 
@@ -363,7 +366,11 @@ class Transcript(ABC):
         lease has expired (``until <= now``); mark them SENDING for ``lease_seconds``. With
         ``entry_ids`` only those are considered. Two owners never hold the same entry at once.
         Earliest due first (ties in transcript order): a new entry is due at its ``at``, a re-queued
-        one at its ``retry_at`` (or when it was re-queued), a SENDING entry when its lease ends."""
+        one at its ``retry_at`` (or when it was re-queued), a SENDING entry when its lease ends.
+
+        An entry taken over from an expired SENDING lease comes back with ``reason`` =
+        :data:`IN_DOUBT` (and keeps it in the store until settled): its holder stopped in the middle
+        of an attempt that may have reached Meta, so it must not be sent again blindly."""
 
     @abstractmethod
     async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:

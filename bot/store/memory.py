@@ -23,6 +23,7 @@ from bot.core.frozen import evolve
 from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate, TemplateRef
 from bot.errors import NotFound, StaleVersion
 from bot.store.base import (
+    IN_DOUBT,
     ConsentLedger,
     ConversationQuery,
     Conversations,
@@ -470,7 +471,8 @@ class MemoryTranscript(Transcript):
         due.sort(key=lambda r: (r.queue_at, r.entry.at, r.pos, r.order))
         claimed = []
         for row in due[:limit]:
-            row.entry = evolve(row.entry, out_state=OutState.SENDING)
+            doubt = row.entry.out_state is OutState.SENDING  # its holder's lease expired mid-attempt
+            row.entry = evolve(row.entry, out_state=OutState.SENDING, reason=IN_DOUBT if doubt else row.entry.reason)
             row.lease_owner, row.lease_until = owner, millis(now + timedelta(seconds=lease_seconds))
             _queue(self._d, row, row.lease_until)
             claimed.append(_lend_entry(row.entry))

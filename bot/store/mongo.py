@@ -56,6 +56,7 @@ from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, ErrorInfo, 
 from bot.errors import ConfigError, NotFound, StaleVersion, StoreError, StoreUnavailable
 from bot.store import indexes as ix
 from bot.store.base import (
+    IN_DOUBT,
     ConsentLedger,
     ConversationQuery,
     Conversations,
@@ -591,33 +592,45 @@ class MongoTranscript(Transcript):
         claimed: list[TranscriptEntry] = []
         with translated("transcript.claim"):
             for _ in range(CLAIM_ROUNDS):
-                ids = await self._candidates(now, limit - len(claimed), entry_ids)
-                if not ids:
+                found = await self._candidates(now, limit - len(claimed), entry_ids)
+                if not found:
                     break
-                result = await self._c.update_many(
-                    {"_id": {"$in": ids}, "queue_at": {"$lte": now}},
-                    {"$set": {"state": str(OutState.SENDING), "queue_at": until,
-                              "lease": {"owner": owner, "until": until, "token": token}}},
-                )
-                if result.modified_count:
+                ids = [i for i, _ in found]
+                lease = {"state": str(OutState.SENDING), "queue_at": until,
+                         "lease": {"owner": owner, "until": until, "token": token}}
+                sending = str(OutState.SENDING)
+                modified = 0
+                if any(state == sending for _, state in found):
+                    # An expired SENDING lease: its holder stopped mid-attempt (Transcript.claim).
+                    doubt = await self._c.update_many(
+                        {"_id": {"$in": ids}, "queue_at": {"$lte": now}, "state": sending},
+                        {"$set": {**lease, "reason": IN_DOUBT}},
+                    )
+                    modified += doubt.modified_count
+                if any(state != sending for _, state in found):
+                    rest = await self._c.update_many(
+                        {"_id": {"$in": ids}, "queue_at": {"$lte": now}, "state": {"$ne": sending}}, {"$set": lease}
+                    )
+                    modified += rest.modified_count
+                if modified:
                     got = await _to_list(self._c.find({"_id": {"$in": ids}, "lease.token": token}))
                     by_id = {d["_id"]: d for d in got}
                     claimed += [_entry(by_id[i]) for i in ids if i in by_id]
-                if result.modified_count == len(ids) or len(claimed) >= limit:
+                if modified == len(ids) or len(claimed) >= limit:
                     break
         return claimed
 
-    async def _candidates(self, now: datetime, limit: int, entry_ids: Sequence[str]) -> list[str]:
-        """Ids of entries due by ``now``, earliest due first."""
+    async def _candidates(self, now: datetime, limit: int, entry_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, state) of entries due by ``now``, earliest due first."""
         if not entry_ids:
-            cursor = self._c.find({"queue_at": {"$lte": now}}, projection={"_id": 1})
+            cursor = self._c.find({"queue_at": {"$lte": now}}, projection={"_id": 1, "state": 1})
             cursor = cursor.sort([("queue_at", 1), ("at", 1), ("pos", 1)]).limit(limit)
-            return [d["_id"] for d in await _to_list(cursor)]
-        fields = {"queue_at": 1, "at": 1, "pos": 1}
+            return [(d["_id"], str(d.get("state", ""))) for d in await _to_list(cursor)]
+        fields = {"queue_at": 1, "at": 1, "pos": 1, "state": 1}
         found = await _to_list(self._c.find({"_id": {"$in": list(entry_ids)}}, projection=fields))
         found = [d for d in found if d.get("queue_at") is not None and d["queue_at"] <= now]
         found.sort(key=lambda d: (d["queue_at"], d["at"], d["pos"]))
-        return [d["_id"] for d in found[:limit]]
+        return [(d["_id"], str(d.get("state", ""))) for d in found[:limit]]
 
     async def settle(self, entry_id: str, owner: str, outcome: SendOutcome, now: datetime) -> bool:
         state = outcome.state

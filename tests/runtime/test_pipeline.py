@@ -3,6 +3,7 @@ atomic step -> outbox -> send gate -> Graph API (the sandbox's fake, over HTTP) 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -442,3 +443,46 @@ async def test_a_subscriber_types_baja_then_marketing_is_allowed_no_more(service
     assert actions[-2:] == [ConsentAction.WITHDRAWN, ConsentAction.WITHDRAWN]
     state, reason = await _gate(service, promo, "test:promo-after")
     assert (state, reason) == (OutState.BLOCKED, "no_consent")
+
+
+async def test_a_send_whose_sender_died_mid_attempt_waits_for_its_status_instead_of_going_twice(
+    service: Running,
+) -> None:
+    """A process committed a reply, handed it to the Graph API and died before recording the answer
+    (kill -9). When its lease expires the poller takes the entry over *in doubt*: it is not sent again
+    at once; the status webhook that names it (callback data) adopts Meta's wamid, and it is never
+    sent twice, however late that status comes."""
+    await service.sim.customer_sends_text(NUMBER, "hola")
+    await bot_messages(service, 1)
+    await service.services.components["dispatcher"].idle()
+    store = service.services.store
+    head = await store.conversations.get(KEY)
+    assert head is not None
+    now = datetime.now(UTC)
+    reply = Outbound(to=NUMBER, kind=OutboundKind.TEXT, body="an answer", category=Category.SERVICE)
+    nxt = head.evolve(version=head.version + 1, updated_at=now)
+    assert (await store.conversations.acquire(KEY, "ghost", now, 10)).acquired
+    [entry_id] = await store.steps.commit(
+        Step(conversation=nxt, seq=nxt.version, at=now, cause=Cause.SYSTEM, outbox=(reply,)), "ghost", 0.3
+    )
+    service.sim.status_delays = (1.5, 1.6, 1.7)  # Meta's statuses come late (the bot was down)
+    await service.services.components["client"].send(PNID, reply, callback_data=entry_id)  # the ghost's attempt
+    await asyncio.sleep(0.4)  # the ghost's lease runs out
+    await service.services.components["poller"].tick()
+    await asyncio.sleep(0.2)
+
+    def sends() -> int:
+        return sum(1 for b in service.sim.sent_to(NUMBER) if b.get("biz_opaque_callback_data") == entry_id)
+
+    assert sends() == 1  # taken over in doubt: not sent again
+    waiting = next(e for e in await store.transcript.for_conversation(KEY) if e.id == entry_id)
+    assert waiting.out_state is OutState.PENDING and waiting.reason == "outcome_unknown"
+
+    async def adopted() -> bool:
+        e = next(e for e in await store.transcript.for_conversation(KEY) if e.id == entry_id)
+        return e.out_state is OutState.ACCEPTED and bool(e.wamid)
+
+    await wait_until(adopted, what="the late status to adopt the wamid")
+    await service.services.components["poller"].tick()
+    await asyncio.sleep(0.2)
+    assert sends() == 1

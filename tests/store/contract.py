@@ -28,6 +28,7 @@ from bot.core.messages import (
 )
 from bot.errors import NotFound, StaleVersion
 from bot.store.base import (
+    IN_DOUBT,
     ConversationQuery,
     InboxEntry,
     InboxKind,
@@ -335,13 +336,20 @@ class StoreContract:
         ids = await first_commit(store, conv, outs=(outbound("a"), outbound("b")))
         claimed = await store.transcript.claim("w2", at(31), 10, 10)
         assert [e.id for e in claimed] == ids and all(e.out_state is OutState.SENDING for e in claimed)
+        # w1 stopped in the middle of its attempts: they may have reached Meta
+        assert all(e.reason == IN_DOUBT for e in claimed)
         assert await store.transcript.claim("w3", at(35), 10) == []
         assert await store.transcript.settle(ids[0], "w1", SendOutcome(OutState.ACCEPTED, wamid="w"), at(36)) is False
         assert await store.transcript.settle(ids[0], "w2", SendOutcome(OutState.BLOCKED, reason="no_consent"), at(36))
         again = await store.transcript.claim("w3", at(41), 10)  # w2 never settled ids[1]
-        assert [e.id for e in again] == [ids[1]]
+        assert [e.id for e in again] == [ids[1]] and again[0].reason == IN_DOUBT
         blocked = next(e for e in await store.transcript.for_conversation(conv.key) if e.id == ids[0])
         assert blocked.out_state is OutState.BLOCKED and blocked.reason == "no_consent"
+        # re-queued to wait for a status, then claimed from PENDING: no longer in doubt
+        wait = SendOutcome(OutState.PENDING, reason="outcome_unknown", retry_at=at(60))
+        assert await store.transcript.settle(ids[1], "w3", wait, at(42))
+        [later] = await store.transcript.claim("w4", at(60), 10)
+        assert (later.id, later.reason, later.attempts) == (ids[1], "outcome_unknown", 1)
 
     async def test_add_outbound_is_idempotent_and_claims_are_exclusive(self, store: Store) -> None:
         for i in range(6):
@@ -360,7 +368,7 @@ class StoreContract:
         for i in range(3):
             await store.transcript.add_outbound("1000:c", "c", outbound(f"m{i}", "c"), at(i), "flow", f"e{i}")
         [e2] = await store.transcript.claim("w1", at(5), 30, entry_ids=["e2", "missing"])
-        assert e2.id == "e2"
+        assert e2.id == "e2" and e2.reason == ""  # a new entry: nothing was attempted yet
         retry = SendOutcome(OutState.PENDING, error=ErrorInfo(130429, "rate"), retry_at=at(60))
         assert await store.transcript.settle("e2", "w1", retry, at(6))
         assert [e.id for e in await store.transcript.claim("w2", at(59), 30)] == ["e0", "e1"]
