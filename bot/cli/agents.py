@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
@@ -104,28 +105,35 @@ async def _list(project: str) -> int:
 
 
 async def _passwd(project: str, name: str, from_stdin: bool) -> int:
-    password = read_password(from_stdin)
-    password_hash = await asyncio.to_thread(hash_password, password)
-    now = datetime.now(UTC)
-    async with AsyncExitStack() as stack:
-        accounts = await open_accounts(project, stack)
-        if not await accounts.agents.set_password(name, password_hash, now):
-            print(f"consentbot: no agent {name!r}", file=sys.stderr)
-            return 1
-        ended = await accounts.sessions.delete_for(name)
-        await accounts.audit.append(AuditEntry(now, "cli", "", "agents.passwd", name, detail={"sessions": ended}))
+    password_hash = await asyncio.to_thread(hash_password, read_password(from_stdin))
+    ended = await _change(
+        project, name, "agents.passwd", lambda a, now: a.agents.set_password(name, password_hash, now)
+    )
+    if ended is None:
+        return 1
     print(f"new password set for {name} ({ended} session(s) ended)")
     return 0
 
 
 async def _disable(project: str, name: str) -> int:
+    ended = await _change(project, name, "agents.disable", lambda a, now: a.agents.disable(name, now))
+    if ended is None:
+        return 1
+    print(f"disabled {name} ({ended} session(s) ended)")
+    return 0
+
+
+async def _change(
+    project: str, name: str, action: str, change: Callable[[AccountStore, datetime], Awaitable[bool]]
+) -> int | None:
+    """Apply ``change`` to the account, end its console sessions and audit ``action``: the number of
+    sessions ended, or None (after saying so) when there is no such account."""
     now = datetime.now(UTC)
     async with AsyncExitStack() as stack:
         accounts = await open_accounts(project, stack)
-        if not await accounts.agents.disable(name, now):
+        if not await change(accounts, now):
             print(f"consentbot: no agent {name!r}", file=sys.stderr)
-            return 1
+            return None
         ended = await accounts.sessions.delete_for(name)
-        await accounts.audit.append(AuditEntry(now, "cli", "", "agents.disable", name, detail={"sessions": ended}))
-    print(f"disabled {name} ({ended} session(s) ended)")
-    return 0
+        await accounts.audit.append(AuditEntry(now, "cli", "", action, name, detail={"sessions": ended}))
+    return ended
