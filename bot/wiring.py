@@ -272,17 +272,14 @@ async def build_services(
 
     services.web_extensions.append(webhook)
     if settings.sandbox:
-        from bot.whatsapp.simulator import ApprovedText, create_simulator_app
+        from bot.whatsapp.simulator import approved_texts, create_simulator_app
 
         simulator = create_simulator_app(
             app_secret=settings.app_secret.reveal(),
             webhook_url=f"{base_url}/webhook",
             access_token=settings.access_token.reveal(),
             phone_numbers={n.phone_number_id: n.display_number or n.phone_number_id for n in settings.numbers},
-            templates={  # the phone page shows an approved template's text, as WhatsApp would
-                (d.name, d.language): ApprovedText(d.body, tuple(b.text for b in d.buttons))
-                for d in catalog.templates.approved_templates
-            },
+            templates=approved_texts(catalog.templates.approved_templates),  # shown as WhatsApp would
         )
         services.components["simulator"] = simulator
 

@@ -3,19 +3,24 @@
 Point the bot at it with ``WHATSAPP_GRAPH_URL=http://HOST:PORT/graph`` and the same token and app
 secret. Secrets come from ``WHATSAPP_APP_SECRET`` / ``WHATSAPP_ACCESS_TOKEN`` (sandbox defaults when
 unset); the business number from ``WHATSAPP_PHONE_NUMBER_ID`` / ``WHATSAPP_DISPLAY_NUMBER`` or
-``--number ID=DISPLAY`` (repeatable).
+``--number ID=DISPLAY`` (repeatable). The approved templates of ``--project`` (its
+``whatsapp_templates.yaml``) show on the phone page with their text.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 from aiohttp import web
 
+from bot.core.audience import TemplateDeclaration
 from bot.errors import ConfigError
+from bot.runtime.catalog import approved_templates
 from bot.settings import SANDBOX_APP_SECRET, SANDBOX_TOKEN
-from bot.whatsapp.simulator import create_simulator_app
+from bot.whatsapp.simulator import approved_texts, create_simulator_app
 
 DEFAULT_PHONE_NUMBER_ID = "100000000000001"
 DEFAULT_DISPLAY_NUMBER = "15550009999"
@@ -30,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="http://127.0.0.1:8080/webhook",
         help="the bot's webhook, where signed inbound and status webhooks go",
     )
+    p.add_argument("--project", default=".", help="project folder whose whatsapp_templates.yaml to show (default: .)")
     p.add_argument(
         "--number",
         action="append",
@@ -55,6 +61,14 @@ def phone_numbers(values: list[str], env: dict[str, str] | os._Environ[str]) -> 
     return out
 
 
+def _declared(project_dir: Path) -> list[TemplateDeclaration]:
+    """The project's declared templates; a broken file is reported and shown as names only."""
+    declared, problems = approved_templates(project_dir)
+    for problem in problems:
+        print(f"consentbot: {problem.format()} (templates show by name)", file=sys.stderr)
+    return declared
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError("--port", f"must be between 1 and 65535, got {args.port}")
@@ -66,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url,
         access_token=env.get("WHATSAPP_ACCESS_TOKEN", "").strip() or SANDBOX_TOKEN,
         phone_numbers=phone_numbers(args.number, env),
+        templates=approved_texts(_declared(Path(args.project))),
     )
     base = f"http://{args.host}:{args.port}"
     print(f"sandbox phone page: {base}/")

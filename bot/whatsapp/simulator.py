@@ -35,7 +35,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bot.core.audience import TemplateDeclaration
 from bot.errors import LimitError
 from bot.whatsapp.outgoing import check_body
 from bot.whatsapp.signature import HEADER, sign
@@ -573,6 +574,11 @@ class ApprovedText:
 
     body: str
     buttons: tuple[str, ...] = ()
+
+
+def approved_texts(declarations: Iterable[TemplateDeclaration]) -> dict[tuple[str, str], ApprovedText]:
+    """What the phone page shows of each declared template (``whatsapp_templates.yaml``)."""
+    return {(d.name, d.language): ApprovedText(d.body, tuple(b.text for b in d.buttons)) for d in declarations}
 
 
 def _filled(text: str, positional: list[str], named: dict[str, str]) -> str:

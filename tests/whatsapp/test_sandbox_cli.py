@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from bot.cli.chat import ChatView, chat
 from bot.cli.sandbox import phone_numbers
 from bot.core.messages import Button, InboundKind, ListRow, ListSection, Outbound, OutboundKind
 from bot.errors import ConfigError
+from bot.runtime.catalog import APPROVED_TEMPLATES_FILE
 from bot.whatsapp.client import GraphClient
 from bot.whatsapp.payloads import parse_raw
 from bot.whatsapp.signature import HEADER, verify_signature
@@ -143,3 +145,16 @@ async def test_chat_reports_an_unreachable_sandbox() -> None:
     with pytest.raises(ConfigError, match="cannot reach the sandbox"):
         await chat(f"http://127.0.0.1:{unused_port()}/sandbox", "34600111222", "Ana", read_line=nothing,
                    out=io.StringIO())
+
+
+def test_the_standalone_sandbox_shows_the_projects_declared_templates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    declared = sandbox_cli._declared(root)
+    assert {(d.name, d.language) for d in declared} >= {("consent_refresh", "en"), ("consent_refresh", "es")}
+    broken = tmp_path
+    (broken / APPROVED_TEMPLATES_FILE).write_text("templates: [{name: X}]\n", encoding="utf-8")
+    assert sandbox_cli._declared(broken) == []
+    assert "templates show by name" in capsys.readouterr().err
+    assert sandbox_cli._declared(broken / "nowhere") == []
