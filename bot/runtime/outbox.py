@@ -149,12 +149,7 @@ class Sender:
         if code:
             self.metrics.graph_errors.inc(code=str(code))
         if retry == "unknown":
-            # The request may have reached Meta: do not resend blindly. Wait for a status webhook
-            # carrying this entry's callback data; if none comes, the retry re-sends it.
-            self.metrics.sends.inc(result="outcome_unknown")
-            retry_at = now + timedelta(seconds=self.unknown_outcome_wait)
-            await self._settle(entry_id, SendOutcome(OutState.PENDING, error=info, retry_at=retry_at))
-            return OutState.PENDING
+            return await self._await_status(entry_id, error=info)
         if retry in {"transient", "rate_limited"} and attempts + 1 < MAX_SEND_ATTEMPTS:
             wait = float(getattr(exc, "retry_after", None) or min(300.0, 2.0 ** (attempts + 1)))
             delay = wait * (0.5 + random.random() / 2)
@@ -173,6 +168,15 @@ class Sender:
             await self._queue_fallback(conversation.key, conversation.subject, entry_id, message, "flow", now)
         return OutState.FAILED
 
+    async def _await_status(self, entry_id: str, *, error: ErrorInfo | None = None, reason: str = "") -> OutState:
+        """The attempt may have reached Meta: do not resend blindly. Re-queue the entry after
+        ``unknown_outcome_wait``; a status webhook carrying its callback data adopts it meanwhile, and
+        only if none comes does the retry send it again."""
+        self.metrics.sends.inc(result="outcome_unknown")
+        retry_at = self.clock() + timedelta(seconds=self.unknown_outcome_wait)
+        await self._settle(entry_id, SendOutcome(OutState.PENDING, reason=reason, error=error, retry_at=retry_at))
+        return OutState.PENDING
+
     async def _settle(self, entry_id: str, outcome: SendOutcome) -> None:
         if not await self.store.transcript.settle(entry_id, self.owner, outcome, self.clock()):
             log.warning("lost the lease on an outbox entry before settling it", extra={"entry": entry_id})
@@ -187,12 +191,9 @@ class Sender:
         if entry.outbound is None:
             return OutState.FAILED
         if entry.reason == IN_DOUBT:
-            self.metrics.sends.inc(result="outcome_unknown")
-            retry_at = self.clock() + timedelta(seconds=self.unknown_outcome_wait)
-            await self._settle(entry.id, SendOutcome(OutState.PENDING, reason=OUTCOME_UNKNOWN, retry_at=retry_at))
             log.info("outbox entry in doubt after its sender stopped; waiting for a status before resending",
                      extra={"entry": entry.id})
-            return OutState.PENDING
+            return await self._await_status(entry.id, reason=OUTCOME_UNKNOWN)
         conversation = await self.store.conversations.get(entry.key)
         return await self.send(entry.id, entry.outbound, conversation, entry.attempts)
 
