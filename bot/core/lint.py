@@ -174,8 +174,7 @@ def lint_flow(spec: FlowSpec, templates: TemplateSet, project: Project) -> list[
             if send.fallback:
                 out.extend(_check_fallback(send, loc, at_state, valid, templates, spec, contexts[loc]))
             for bid, _ in tpl.buttons:
-                trig = bid.partition(":")[0]
-                if trig not in valid and trig not in _BUILTIN_IDS:
+                if not _leads_somewhere(bid, valid):
                     add(
                         send.path,
                         "warning",
@@ -192,6 +191,12 @@ def lint_flow(spec: FlowSpec, templates: TemplateSet, project: Project) -> list[
                 checked.add((name, loc, "None", ""))
                 out.extend(_check_render(templates, name, loc, contexts[loc], None, "", project))
     return _dedupe(out)
+
+
+def _leads_somewhere(payload: str, valid: frozenset[str]) -> bool:
+    """A tapped id (``trigger`` or ``trigger:value``) fires one of ``valid`` or a built-in intent."""
+    trigger = payload.partition(":")[0]
+    return trigger in valid or trigger in _BUILTIN_IDS
 
 
 def _check_fallback(
@@ -236,7 +241,7 @@ def _check_fallback(
     except CoreError as exc:
         out.append(problem("error", str(exc), "name the template's parameters after message variables"))
     for b in decl.buttons:
-        if b.kind == "quick_reply" and b.payload and b.payload.partition(":")[0] not in valid | _BUILTIN_IDS:
+        if b.kind == "quick_reply" and b.payload and not _leads_somewhere(b.payload, valid):
             out.append(
                 problem(
                     "warning",
