@@ -30,11 +30,7 @@ from bot.store.broadcasts import (
     Tally,
     delivery_rank,
 )
-from bot.store.memory import MemoryStore, millis, stored
-
-
-def _ms(value: datetime | None) -> datetime | None:
-    return None if value is None else millis(value)
+from bot.store.memory import MemoryStore, millis, millis_opt, stored
 
 
 def _copy_campaign(c: Campaign) -> Campaign:
@@ -42,9 +38,9 @@ def _copy_campaign(c: Campaign) -> Campaign:
         c,
         created_at=millis(c.created_at),
         updated_at=millis(c.updated_at),
-        run_until=_ms(c.run_until),
-        started_at=_ms(c.started_at),
-        finished_at=_ms(c.finished_at),
+        run_until=millis_opt(c.run_until),
+        started_at=millis_opt(c.started_at),
+        finished_at=millis_opt(c.finished_at),
         params=dict(c.params),
         progress=stored(dict(c.progress)),
     )
@@ -52,7 +48,10 @@ def _copy_campaign(c: Campaign) -> Campaign:
 
 def _copy_recipient(r: Recipient) -> Recipient:
     return replace(
-        r, attempt_at=_ms(r.attempt_at), finished_at=_ms(r.finished_at), delivery_at=_ms(r.delivery_at)
+        r,
+        attempt_at=millis_opt(r.attempt_at),
+        finished_at=millis_opt(r.finished_at),
+        delivery_at=millis_opt(r.delivery_at),
     )
 
 

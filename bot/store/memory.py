@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
-from bot.core.conversation import Conversation, PurposeStatus, Step, Timer
+from bot.core.conversation import Conversation, Step, Timer
 from bot.core.frozen import evolve
 from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, Inbound, Outbound, StatusUpdate, TemplateRef
 from bot.errors import NotFound, StaleVersion
@@ -42,8 +42,7 @@ from bot.store.base import (
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
 
-__all__ = ["MemoryStore", "millis", "stored"]
-
+__all__ = ["MemoryStore", "millis", "millis_opt", "stored"]
 
 
 def settled(entry: TranscriptEntry, outcome: SendOutcome, now: datetime) -> TranscriptEntry:
@@ -135,7 +134,8 @@ def _ms(value: datetime) -> datetime:
     return millis(value)
 
 
-def _ms_opt(value: datetime | None) -> datetime | None:
+def millis_opt(value: datetime | None) -> datetime | None:
+    """:func:`millis` of a time that may be missing."""
     return None if value is None else _ms(value)
 
 
@@ -149,13 +149,10 @@ def _own_conversation(c: Conversation) -> Conversation:
         c,
         created_at=_ms(c.created_at),
         updated_at=_ms(c.updated_at),
-        window_opened_at=_ms_opt(c.window_opened_at),
+        window_opened_at=millis_opt(c.window_opened_at),
         slots=stored(c.slots),
-        consent={
-            p: s if _ms(s.since) is s.since else PurposeStatus(s.state, millis(s.since), s.notice_version)
-            for p, s in c.consent.items()
-        },
-        timers=tuple(t if _ms(t.due) is t.due else Timer(t.name, millis(t.due)) for t in c.timers),
+        consent={p: s if (since := _ms(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()},
+        timers=tuple(t if (due := _ms(t.due)) is t.due else Timer(t.name, due) for t in c.timers),
     )
 
 
@@ -187,8 +184,8 @@ def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
         "at": _ms(entry.at),
         "inbound": _copy_inbound(entry.inbound),
         "outbound": _copy_outbound(entry.outbound),
-        "delivery_at": _ms_opt(entry.delivery_at),
-        "next_attempt_at": _ms_opt(entry.next_attempt_at),
+        "delivery_at": millis_opt(entry.delivery_at),
+        "next_attempt_at": millis_opt(entry.next_attempt_at),
     }
     if entry.statuses:
         changes["statuses"] = tuple((s, _ms(t)) for s, t in entry.statuses)
@@ -410,8 +407,8 @@ class MemoryStepLog(StepLog):
         else:
             head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         record = StepRecord.of(step)  # its tuples hold frozen values only
-        if _ms(step.at) is not step.at:
-            record = evolve(record, at=millis(step.at))
+        if (at := _ms(step.at)) is not step.at:
+            record = evolve(record, at=at)
         self._d.steps.setdefault(conv.key, []).append(record)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         out_ids = []
