@@ -25,7 +25,7 @@ from typing import Any
 from bot.core import frozen
 from bot.core.consent import Actor, ConsentEventDraft
 from bot.core.conversation import Conversation, PurposeState, PurposeStatus, Timer, Transition
-from bot.core.flowspec import INBOUND, META_STOP, OPTED_OUT, TransitionSpec
+from bot.core.flowspec import INBOUND, META_STOP, OPTED_OUT, SendSpec, TransitionSpec
 from bot.core.intents import (
     HELP_WORD,
     HUMAN_WORD,
@@ -330,8 +330,7 @@ class _Step:
         self.set: list[Timer] = []
         self.cancelled: list[str] = []
         self.transitions: list[Transition] = []
-        # (template, category, purpose, extra context, fallback template)
-        self.sends: list[tuple[str, Category | None, str, dict[str, Any], str]] = []
+        self.sends: list[tuple[SendSpec, dict[str, Any]]] = []  # each with its extra template variables
         self.requests: list[str] = []
         self.notes: list[str] = []
         self.needs_person = conv.needs_person
@@ -354,7 +353,7 @@ class _Step:
         dest = self.flow.model.state if spec.dest is not None else source
         self.trigger = trigger
         self.transitions.append(Transition(trigger, source, dest))
-        self.sends.extend((s.template, s.category, s.purpose, {}, s.fallback) for s in spec.send)
+        self.sends.extend((s, {}) for s in spec.send)
         if spec.dest is not None:
             old = self.flow.spec.states.get(source)
             self.cancel({t.trigger for t in old.timers} if old is not None else set())
@@ -369,7 +368,7 @@ class _Step:
                     self.timers.append(timer)
                     self.set.append(timer)
                 if not spec.quiet:
-                    self.sends.extend((s.template, s.category, s.purpose, {}, s.fallback) for s in new.send)
+                    self.sends.extend((s, {}) for s in new.send)
         self.state = dest
         return spec
 
@@ -380,6 +379,10 @@ class _Step:
             return self.now + duration(after, self.project)
         granted = [s.since for s in self.turn.consent.values() if s.state is PurposeState.GRANTED]
         return min(granted) + duration(after, self.project) if granted else None
+
+    def say(self, template: str, category: Category | None = None, **extra: Any) -> None:
+        """Send a built-in reply (``extra``: template variables of its own)."""
+        self.sends.append((SendSpec(template, category), extra))
 
     def builtin(self, intent: BuiltinIntent, method: str) -> None:
         turn = self.turn
@@ -394,27 +397,27 @@ class _Step:
                 else p
                 for p in gone
             ]
-            self.sends.append((OPTOUT_CONFIRM, Category.UTILITY, "", {"withdrawn": withdrawn}, ""))
+            self.say(OPTOUT_CONFIRM, Category.UTILITY, withdrawn=withdrawn)
         elif intent is BuiltinIntent.RESUBSCRIBE:
             self.cancel()
             self.notes.append("resubscribe: double opt-in runs again")
             self.fire(str(BuiltinIntent.RESUBSCRIBE))
         elif intent is BuiltinIntent.HELP:
             self.fire(str(intent))
-            self.sends.append((HELP, None, "", {}, ""))
+            self.say(HELP)
         elif intent is BuiltinIntent.HUMAN:
             self.fire(str(intent))
             self.needs_person = True
             self.requests.append("human")
-            self.sends.append((HUMAN_ACK, None, "", {}, ""))
+            self.say(HUMAN_ACK)
         elif intent is BuiltinIntent.EXPORT:
             self.fire(str(intent))
             self.requests.append("export")
-            self.sends.append((EXPORT_ACK, None, "", {}, ""))
+            self.say(EXPORT_ACK)
         elif intent is BuiltinIntent.ERASE:
             self.fire(str(intent))
             self.requests.append("erase")
-            self.sends.append((ERASE_ACK, None, "", {}, ""))
+            self.say(ERASE_ACK)
 
     def finish(self, *, inbound: Inbound | None = None, consumed_id: str = "", mute: bool = False) -> Decision:
         turn = self.turn
@@ -426,11 +429,12 @@ class _Step:
             base = message_context(
                 flow, self.project, turn.locale, turn.slots, turn.consent, purposes, self.conv.profile_name
             )
-            for name, category, purpose, extra, fallback in self.sends:
+            for send, extra in self.sends:
+                name = send.template
                 ctx = {**base, **extra} if extra else base
-                rendered = flow.templates.render(name, turn.locale, ctx, self.conv.subject, category, purpose)
-                if fallback:  # the approved template that carries it once the 24-hour window has closed
-                    template = flow.templates.approved(fallback, turn.locale, ctx)
+                rendered = flow.templates.render(name, turn.locale, ctx, self.conv.subject, send.category, send.purpose)
+                if send.fallback:  # the approved template that carries it once the 24-hour window has closed
+                    template = flow.templates.approved(send.fallback, turn.locale, ctx)
                     outbox.append(frozen.evolve(rendered.outbound, fallback=template))
                 else:
                     outbox.append(rendered.outbound)
@@ -573,9 +577,9 @@ def decide(
             turn.value = intent.value
             turn.number = intent.number
             if step.fire(intent.name) is None:
-                step.sends.append((FALLBACK, None, "", {}, ""))
+                step.say(FALLBACK)
         elif intent.kind == "fallback":
-            step.sends.append((FALLBACK, None, "", {"stale": intent.stale}, ""))
+            step.say(FALLBACK, stale=intent.stale)
         else:
             step.notes.append(f"ignored {event.kind}")
         return step.finish(inbound=event, consumed_id=event.id)
