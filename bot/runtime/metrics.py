@@ -15,6 +15,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 
 def _labels(labels: dict[str, str]) -> Labels:
+    if len(labels) < 2:  # the hot path: no label or one (nothing to sort)
+        return tuple(labels.items())
     return tuple(sorted(labels.items()))
 
 

@@ -3,7 +3,7 @@
 One :class:`aiohttp.ClientSession` per process, owned by the caller and shared by every client (see
 :func:`make_session` for a sized connector). A send:
 
-1. builds the body with :func:`bot.whatsapp.outgoing.message_body` (limits checked before any I/O);
+1. builds the body with :func:`bot.whatsapp.outgoing.message_payload` (limits checked before any I/O);
 2. waits for the customer's pair slot and the number's throughput slot (:class:`~bot.whatsapp.pacing.Pacer`);
 3. POSTs ``{base_url}/{api_version}/{phone_number_id}/messages`` with the bearer token;
 4. on an error, maps the code through :mod:`bot.whatsapp.graph_errors` and retries in-call only:
@@ -40,7 +40,7 @@ from bot.whatsapp.graph_errors import (
     RetryClass,
     ThroughputExceeded,
 )
-from bot.whatsapp.outgoing import mark_read_body, message_body
+from bot.whatsapp.outgoing import mark_read_body, message_payload
 from bot.whatsapp.pacing import PAIR_BURST, PAIR_INTERVAL, Clock, Pacer, Sleep, backoff_delay, pair_backoff_delay
 
 log = logging.getLogger("bot.whatsapp.client")
@@ -142,8 +142,7 @@ class GraphClient:
         :mod:`bot.whatsapp.graph_errors`) once retries are exhausted or for a non-retryable code, or
         :class:`OutcomeUnknown` (never resent automatically).
         """
-        body = message_body(message, message.to, callback_data=callback_data)
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = message_payload(message, message.to, callback_data=callback_data)
         url = self.url(phone_number_id)
         attempt = 0
         pair_failures = 0

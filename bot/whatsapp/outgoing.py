@@ -12,6 +12,7 @@ number is used. :data:`LIMITS` exposes them for the flow linter.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -139,6 +140,45 @@ def message_body(msg: Outbound, phone_or_user: str, *, callback_data: str | None
         body["biz_opaque_callback_data"] = callback_data
     check_body(body)
     return body
+
+
+# The parts of a body that do not depend on the recipient or the callback data.
+_ENVELOPE = frozenset({"messaging_product", "recipient_type", "to", "recipient", "biz_opaque_callback_data"})
+_CONTENT_CACHE_SIZE = 4096
+_content_cache: dict[tuple[Any, ...], bytes] = {}
+
+
+def message_payload(msg: Outbound, phone_or_user: str, *, callback_data: str | None = None) -> bytes:
+    """:func:`message_body` as the UTF-8 JSON bytes the client posts, with the same checks.
+
+    A flow sends the same prompts and notices to many customers: a text, button or list message's
+    checked and serialised content is kept (bounded, keyed by every field it is built from), and only
+    the recipient and the callback data are checked and encoded per call. Templates and reactions are
+    built in full every time."""
+    key = _content_key(msg)
+    if key is None:
+        return json.dumps(message_body(msg, phone_or_user, callback_data=callback_data), ensure_ascii=False).encode()
+    content = _content_cache.get(key)
+    if content is None:
+        body = message_body(msg, phone_or_user)  # checks every limit (raises before anything is kept)
+        inner = {k: v for k, v in body.items() if k not in _ENVELOPE}
+        content = json.dumps(inner, ensure_ascii=False).encode()[1:-1]
+        if len(_content_cache) >= _CONTENT_CACHE_SIZE:
+            _content_cache.clear()
+        _content_cache[key] = content
+    head: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+    head.update(recipient_fields(phone_or_user))
+    if callback_data is not None:
+        head["biz_opaque_callback_data"] = callback_data
+        _length(head, "biz_opaque_callback_data", "biz_opaque_callback_data", LIMITS["callback_data"])
+    envelope = json.dumps(head, ensure_ascii=False).encode()
+    return b"%b,%b}" % (envelope[:-1], content)
+
+
+def _content_key(msg: Outbound) -> tuple[Any, ...] | None:
+    if msg.kind not in (OutboundKind.TEXT, OutboundKind.BUTTONS, OutboundKind.LIST):
+        return None
+    return (msg.kind, msg.body, msg.header, msg.footer, msg.buttons, msg.list_button, msg.sections, msg.reply_to)
 
 
 def template_object(t: TemplateRef) -> dict[str, Any]:

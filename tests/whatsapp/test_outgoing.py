@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.core.messages import Button, ListRow, ListSection, Outbound, OutboundKind, TemplateRef
 from bot.errors import LimitError
-from bot.whatsapp.outgoing import LIMITS, check_body, mark_read_body, message_body, recipient_fields
+from bot.whatsapp.outgoing import (
+    LIMITS,
+    check_body,
+    mark_read_body,
+    message_body,
+    message_payload,
+    recipient_fields,
+)
 
 TO = "34600111222"
 
@@ -183,3 +192,37 @@ def test_check_body_on_raw_wire_bodies() -> None:
         check_body({"messaging_product": "whatsapp", "to": "+34600111222", "type": "reaction",
                     "reaction": {"message_id": "w", "emoji": "x"}, "context": {"message_id": "w"}})
     assert info.value.field == "context"
+
+
+@pytest.mark.parametrize("msg", [
+    Outbound(to=TO, kind=OutboundKind.TEXT, body="Hola, ¿qué tal? \"quoted\" \\ ✓ https://x.es", reply_to="wamid.IN"),
+    buttons(("yes", "Sí"), ("no", "No"), header="Ofertas", footer="BAJA para salir"),
+    rows(6, sections=2),
+    Outbound(to=TO, kind=OutboundKind.TEMPLATE, template=TemplateRef("consent_refresh", "es", (
+        {"type": "body", "parameters": [{"type": "text", "text": "Café"}]},))),
+    Outbound(to=TO, kind=OutboundKind.REACTION, reaction_to="wamid.IN", emoji="👍"),
+])
+def test_payload_is_the_body_as_json_for_every_recipient(msg: Outbound) -> None:
+    for to, callback in ((TO, "entry-1"), ("34600999888", None), ("ES.abc123", "c" * LIMITS["callback_data"])):
+        payload = message_payload(msg, to, callback_data=callback)
+        assert json.loads(payload) == message_body(msg, to, callback_data=callback)
+        assert payload.decode("utf-8")  # UTF-8, non-ASCII kept as is
+
+
+def test_payload_checks_recipient_and_callback_on_a_kept_content() -> None:
+    msg = buttons(("a", "A"), ("b", "B"), body="Kept content")
+    message_payload(msg, TO)  # the content is now kept
+    with pytest.raises(LimitError) as info:
+        message_payload(msg, "12")
+    assert info.value.field == "to"
+    with pytest.raises(LimitError) as info:
+        message_payload(msg, TO, callback_data="c" * (LIMITS["callback_data"] + 1))
+    assert info.value.field == "biz_opaque_callback_data"
+
+
+def test_payload_refuses_a_broken_content_every_time() -> None:
+    bad = buttons(("a", "x" * (LIMITS["button.title"] + 1)))
+    for _ in range(2):  # a refused content is not kept
+        with pytest.raises(LimitError) as info:
+            message_payload(bad, TO)
+        assert info.value.field == "interactive.action.buttons[0].reply.title"
