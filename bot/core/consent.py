@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.core.frozen import quick_init
+
 
 class ConsentAction(StrEnum):
     REQUESTED = "requested"  # first "yes" (double opt-in step 1) or the prompt was shown
@@ -33,6 +35,7 @@ class Actor(StrEnum):
     META = "meta"  # user_preferences webhook, error 131050
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConsentEventDraft:
     """One consent event before it is chained. ``evidence`` holds the Meta message id of the tap or
@@ -81,6 +84,7 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default).encode()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConsentRecord:
     """A chained consent event: ``hash = sha256(prev_hash || canonical(event))``, ``seq`` from 1 per subject."""

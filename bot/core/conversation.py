@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.core import frozen
 from bot.core.consent import ConsentEventDraft
+from bot.core.frozen import quick_init
 from bot.core.messages import Inbound, Outbound, json_copy
 
 
@@ -33,6 +34,7 @@ class PurposeState(StrEnum):
     EXPIRED = "expired"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PurposeStatus:
     state: PurposeState
@@ -40,6 +42,7 @@ class PurposeStatus:
     notice_version: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Timer:
     """A durable timer: fires ``name`` as a trigger on this conversation at ``due``."""
@@ -48,6 +51,7 @@ class Timer:
     due: datetime
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """One customer on one business number, running one flow version."""
@@ -152,6 +156,7 @@ class Cause(StrEnum):
     SYSTEM = "system"  # the framework itself (migration, retention, campaign)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     trigger: str
@@ -159,6 +164,7 @@ class Transition:
     dest: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Step:
     """Everything one turn changes, committed as one unit.

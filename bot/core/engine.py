@@ -26,6 +26,7 @@ from bot.core import frozen
 from bot.core.consent import Actor, ConsentEventDraft
 from bot.core.conversation import Conversation, PurposeState, PurposeStatus, Timer, Transition
 from bot.core.flowspec import INBOUND, META_STOP, OPTED_OUT, SendSpec, TransitionSpec
+from bot.core.frozen import quick_init
 from bot.core.intents import (
     HELP_WORD,
     HUMAN_WORD,
@@ -100,6 +101,7 @@ _PHONE_LOCALES = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     """A durable timer came due (``name`` = the trigger it fires, as stored on ``Conversation.timers``)."""
@@ -107,6 +109,7 @@ class TimerFired:
     name: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MetaSignal:
     """A signal from Meta about one customer. ``kind``: ``marketing_stop`` / ``marketing_resume``
@@ -125,6 +128,7 @@ Event = Inbound | TimerFired | MetaSignal
 META_KINDS = frozenset({"marketing_stop", "marketing_resume", "error_131050"})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Everything one event changes. The runtime commits it as one step; ``conversation.version`` is
@@ -143,6 +147,7 @@ class Decision:
     notes: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Intent:
     kind: str  # builtin | trigger | fallback | silent

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bot.core.frozen import quick_init
+
 
 class InboundKind(StrEnum):
     """What a customer sent. ``UNKNOWN`` keeps types this version does not know yet (never dropped)."""
@@ -38,6 +40,7 @@ class InboundKind(StrEnum):
     UNKNOWN = "unknown"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """One message from a customer.
@@ -83,6 +86,7 @@ class Inbound:
         return cls(**d)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """An error Meta reported (in a status, a message or an errors-only notification)."""
@@ -129,6 +133,7 @@ STATUS_RANK: dict[DeliveryStatus, int] = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
     """A delivery receipt for a message we sent (``message_id`` is its wamid)."""
@@ -163,6 +168,7 @@ class StatusUpdate:
         return cls(**d)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PreferenceUpdate:
     """Meta's ``user_preferences`` webhook: the customer stopped or resumed marketing in WhatsApp itself."""
@@ -189,6 +195,7 @@ class PreferenceUpdate:
         return cls(**d)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NotificationError:
     """An errors-only notification (account- or app-level, not tied to one message)."""
@@ -219,12 +226,14 @@ class Category(StrEnum):
     MARKETING = "marketing"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Button:
     id: str
     title: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ListRow:
     id: str
@@ -232,12 +241,14 @@ class ListRow:
     description: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ListSection:
     title: str
     rows: tuple[ListRow, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TemplateRef:
     """An approved WhatsApp template. ``components`` is the Graph API ``components`` array, as-is."""
@@ -247,6 +258,7 @@ class TemplateRef:
     components: tuple[dict[str, Any], ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """One message the bot wants to send to ``to`` (a subject key: BSUID or wa_id digits).

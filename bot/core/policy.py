@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from bot.core.conversation import Conversation, PurposeState, PurposeStatus
+from bot.core.frozen import quick_init
 from bot.core.messages import Category, Outbound, OutboundKind
 from bot.core.project import Project
 
@@ -64,6 +65,7 @@ ALLOWED_REASONS: frozenset[Reason] = frozenset(
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GateInput:
     """Every fact the gate needs about one message to one subject.
@@ -117,6 +119,7 @@ class GateInput:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The gate's answer. ``message`` is what to actually send: the original, or (outside the window)

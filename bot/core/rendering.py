@@ -41,7 +41,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from bot.core import limits
 from bot.core.audience import TemplateDeclaration, fallback_template, find_declaration
 from bot.core.flowspec import Problem, load_yaml
-from bot.core.frozen import evolve
+from bot.core.frozen import evolve, quick_init
 from bot.core.messages import Button, Category, ListRow, ListSection, Outbound, OutboundKind, TemplateRef
 from bot.core.standard_replies import DEFAULTS, STOP_BUTTON, STOP_FOOTER
 from bot.errors import RenderError
@@ -49,6 +49,7 @@ from bot.errors import RenderError
 FALLBACK_LOCALE = "en"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TemplateSource:
     """A template's text as loaded from a file (``file`` is only used in messages)."""
@@ -59,6 +60,7 @@ class TemplateSource:
     file: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoticeText:
     """The exact text of a consent notice shown to a customer; the ledger stores each one immutably."""
@@ -78,6 +80,7 @@ class NoticeText:
         return cls(version, locale, text, sha256 or hashlib.sha256(text.encode()).hexdigest(), template, kind)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Rendered:
     outbound: Outbound
@@ -127,6 +130,7 @@ class CompiledTemplate:
         "notice",
         "purpose",
         "reads",
+        "reads_sorted",
         "sections",
         "varying",
     )
@@ -183,6 +187,7 @@ class CompiledTemplate:
                 )
                 sections.append((self._compile(env, str(s.get("title", "")), "list.sections.title"), rows))
             self.sections = tuple(sections)
+        self.reads_sorted = tuple(sorted(self.reads))  # the render cache's key order
 
     def _where(self) -> str:
         return self.file or f"{self.locale}/{self.name}"
@@ -437,7 +442,7 @@ class TemplateSet:
         key: tuple[Any, ...] | None = None
         if not tpl.varying:
             try:
-                key = (tpl, category, purpose, *(_key_part(context, n) for n in sorted(tpl.reads)))
+                key = (tpl, category, purpose, *(_key_part(context, n) for n in tpl.reads_sorted))
             except _Unhashable:
                 key = None
             else:

@@ -13,9 +13,11 @@ from typing import Any, Protocol
 
 from bot.core.consent import ConsentEventDraft
 from bot.core.conversation import Conversation, Timer, Transition
+from bot.core.frozen import quick_init
 from bot.core.messages import Inbound, Outbound
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Signal:
     """A consent-relevant signal from Meta: ``marketing_stop``/``marketing_resume`` (the customer used
@@ -30,6 +32,7 @@ class Signal:
 Event = Inbound | Timer | Signal
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Turn:
     """The engine's answer to one event (pure data, nothing is done yet)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation, Step, Timer, Transition
+from bot.core.frozen import quick_init
 from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Inbound, Outbound, StatusUpdate
 
 
@@ -58,6 +59,7 @@ class InboxKind(StrEnum):
     PREFERENCE = "preference"  # doc = PreferenceUpdate.to_doc()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """One inbound event waiting to be processed. ``id`` is Meta's id (wamid for messages,
@@ -110,6 +112,7 @@ class Inbox(ABC):
 
 
 # --- conversations and steps ---------------------------------------------------------------------
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The result of :meth:`Conversations.acquire`."""
@@ -118,6 +121,7 @@ class Lease:
     conversation: Conversation | None  # None: no conversation yet (first contact), or not acquired
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConversationQuery:
     """Filters for the console list. Empty fields do not filter; set fields combine with AND.
@@ -248,6 +252,7 @@ class StepLog(ABC):
         """Erase a conversation's history (erasure). Returns how many records were removed."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     key: str
@@ -310,6 +315,7 @@ class OutState(StrEnum):
     FAILED = "failed"  # permanent failure (``error``)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TranscriptEntry:
     """One message in or out. Outbound entries carry the outbox state and delivery status."""
@@ -334,6 +340,7 @@ class TranscriptEntry:
     statuses: tuple[tuple[str, datetime], ...] = field(default_factory=tuple)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
     """What happened to one outbox entry, for :meth:`Transcript.settle`."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.core.frozen import quick_init
 from bot.core.messages import Outbound
 from bot.whatsapp import graph_errors
 from bot.whatsapp.graph_errors import (
@@ -46,6 +47,7 @@ from bot.whatsapp.pacing import PAIR_BURST, PAIR_INTERVAL, Clock, Pacer, Sleep, 
 log = logging.getLogger("bot.whatsapp.client")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """Meta accepted the message (not: delivered). ``wamid`` is what status webhooks will reference."""

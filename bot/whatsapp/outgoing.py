@@ -144,6 +144,7 @@ def message_body(msg: Outbound, phone_or_user: str, *, callback_data: str | None
 
 # The parts of a body that do not depend on the recipient or the callback data.
 _ENVELOPE = frozenset({"messaging_product", "recipient_type", "to", "recipient", "biz_opaque_callback_data"})
+_ENVELOPE_START = b'{"messaging_product":"whatsapp","recipient_type":"individual",'
 _CONTENT_CACHE_SIZE = 4096
 _content_cache: dict[tuple[Any, ...], bytes] = {}
 
@@ -166,13 +167,12 @@ def message_payload(msg: Outbound, phone_or_user: str, *, callback_data: str | N
         if len(_content_cache) >= _CONTENT_CACHE_SIZE:
             _content_cache.clear()
         _content_cache[key] = content
-    head: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
-    head.update(recipient_fields(phone_or_user))
+    ((field, recipient),) = recipient_fields(phone_or_user).items()
+    envelope = _ENVELOPE_START + (b'"to":' if field == "to" else b'"recipient":') + json.dumps(recipient).encode()
     if callback_data is not None:
-        head["biz_opaque_callback_data"] = callback_data
-        _length(head, "biz_opaque_callback_data", "biz_opaque_callback_data", LIMITS["callback_data"])
-    envelope = json.dumps(head, ensure_ascii=False).encode()
-    return b"%b,%b}" % (envelope[:-1], content)
+        _length({"c": callback_data}, "c", "biz_opaque_callback_data", LIMITS["callback_data"])
+        envelope += b',"biz_opaque_callback_data":' + json.dumps(callback_data).encode()
+    return b"%b,%b}" % (envelope, content)
 
 
 def _content_key(msg: Outbound) -> tuple[Any, ...] | None:

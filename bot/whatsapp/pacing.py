@@ -81,7 +81,7 @@ class Pacer:
     sleep: Sleep = asyncio.sleep
     _numbers: dict[str, Gcra] = field(init=False, default_factory=dict)
     _pairs: dict[tuple[str, str], Gcra] = field(init=False, default_factory=dict)
-    _reservations: int = field(init=False, default=0)
+    _forgot_at: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         if not 0 < self.rate_per_second <= MAX_RATE:
@@ -94,8 +94,10 @@ class Pacer:
         if self.pair_interval <= 0:
             return now
         start = self._pair(phone_number_id, recipient).reserve(now)
-        self._reservations += 1
-        if self._reservations % 1024 == 0:
+        if now - self._forgot_at >= self.pair_interval:
+            # A pair goes idle pair_interval after its last send (more after a burst): sweeping once per
+            # interval keeps about two intervals' worth of customers, at one pass per interval.
+            self._forgot_at = now
             self.forget_idle(now)
         return start
 

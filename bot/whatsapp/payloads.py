@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bot.core.frozen import quick_init
 from bot.core.messages import (
     DeliveryStatus,
     ErrorInfo,
@@ -66,6 +67,7 @@ _STATUSES = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Notification:
     """Everything one webhook POST carried, flattened across entries and changes."""

@@ -75,6 +75,19 @@ def test_idle_customers_are_forgotten() -> None:
     assert p.tracked_pairs == 0
 
 
+def test_reserving_sweeps_idle_customers_once_per_interval() -> None:
+    p = Pacer(pair_interval=1.0, pair_burst=1)
+    for i in range(100):
+        p.reserve_pair("n", f"c{i}", 0.5)
+    assert p.tracked_pairs == 100  # none idle yet, and no sweep within the first interval
+    p.reserve_pair("n", "late", 1.2)  # one interval on: the sweep runs, nobody idle before 1.5
+    assert p.tracked_pairs == 101
+    p.reserve_pair("n", "later", 1.9)  # within the interval since the last sweep: no sweep
+    assert p.tracked_pairs == 102
+    p.reserve_pair("n", "last", 2.3)  # the first 100 went idle at 1.5, "late" at 2.2
+    assert p.tracked_pairs == 2  # "later" (idle at 2.9) and "last" remain
+
+
 def test_rate_bounds() -> None:
     Pacer(rate_per_second=1000)
     with pytest.raises(ValueError, match="rate_per_second"):
