@@ -64,6 +64,12 @@ class NumberSettings:
     rate_per_second: float = 80.0
 
 
+# A dispatcher worker runs one conversation's turn, its sends included, so a process answers at most
+# about workers / (Graph API latency) messages per second: 256 keeps up with 1,000/s at 250 ms.
+DEFAULT_WORKERS = 256
+MAX_WORKERS = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     project_dir: Path
@@ -79,6 +85,7 @@ class Settings:
     api_version: str
     sandbox: bool
     lease_seconds: float = 30.0  # how long a dead process's work stays claimed before another takes it
+    workers: int = DEFAULT_WORKERS  # conversations one process runs at once (each waits for its sends)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -322,8 +329,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be a number of seconds, got {lease_raw!r}") from None
     if not 1 <= lease_seconds <= 3600:
         raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be between 1 and 3600, got {lease_raw}")
+    workers_raw = env.get("CONSENTBOT_WORKERS", "").strip() or str(DEFAULT_WORKERS)
+    if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= MAX_WORKERS:
+        raise ConfigError("CONSENTBOT_WORKERS", f"must be a whole number from 1 to {MAX_WORKERS}, got {workers_raw!r}")
     return Settings(
         lease_seconds=lease_seconds,
+        workers=int(workers_raw),
         project_dir=project_dir,
         project=project,
         numbers=numbers,

@@ -228,6 +228,7 @@ async def build_services(
         on_request=privacy.handle_request,
         on_notices=privacy.register_notices,
         lease_seconds=lease,
+        workers=settings.workers,
     )
     sender.notify = dispatcher.notify
     poller = Poller(store, dispatcher, sender, owner, lease_seconds=lease)

@@ -122,12 +122,20 @@ def test_missing_project_file(tmp_path: Path) -> None:
         ({"WHATSAPP_GRAPH_URL": "graph.local"}, "WHATSAPP_GRAPH_URL"),
         ({"WHATSAPP_PHONE_NUMBER_ID": "12ab"}, "WHATSAPP_PHONE_NUMBER_ID"),
         ({"CONSENTBOT_SECRET": "short"}, "CONSENTBOT_SECRET"),
+        ({"CONSENTBOT_WORKERS": "0"}, "CONSENTBOT_WORKERS"),
+        ({"CONSENTBOT_WORKERS": "many"}, "CONSENTBOT_WORKERS"),
+        ({"CONSENTBOT_WORKERS": "20000"}, "CONSENTBOT_WORKERS"),
     ],
 )
 def test_bad_environment_names_the_variable(project: Path, env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(project, env=env)
     assert err.value.key == key
+
+
+def test_dispatcher_workers_default_and_from_environment(project: Path) -> None:
+    assert load_settings(project, env={}).workers == 256
+    assert load_settings(project, env={"CONSENTBOT_WORKERS": " 32 "}).workers == 32
 
 
 def test_phone_number_from_environment_is_added(project: Path) -> None:

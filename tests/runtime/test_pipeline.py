@@ -23,6 +23,7 @@ from bot.core.consent import Actor, ConsentAction
 from bot.core.conversation import Cause, PurposeState, Step, Timer
 from bot.core.messages import Category, DeliveryStatus, Outbound, OutboundKind, TemplateRef
 from bot.core.proof import suppression_key
+from bot.runtime.dispatcher import Dispatcher
 from bot.store.base import OutState
 
 NUMBER = "34600111222"
@@ -486,3 +487,20 @@ async def test_a_send_whose_sender_died_mid_attempt_waits_for_its_status_instead
     await service.services.components["poller"].tick()
     await asyncio.sleep(0.2)
     assert sends() == 1
+
+
+async def test_the_dispatcher_runs_as_many_workers_as_configured() -> None:
+    running = await start_service({"CONSENTBOT_WORKERS": "3"}, store_kind="memory")
+    try:
+        dispatcher = next(p for p in running.services.background if isinstance(p, Dispatcher))
+        assert len(dispatcher._tasks) == 3
+        running.sim.add_customer(NUMBER, "Ana")
+        await running.sim.customer_sends_text(NUMBER, "hola")
+
+        async def answered() -> bool:
+            return len(running.sim.sent_to(NUMBER)) == 1
+
+        await wait_until(answered, what="the first reply")
+    finally:
+        await running.sim.drain()
+        await running.stop()
