@@ -162,7 +162,8 @@ def guess_locale(inbound: Inbound | None, locales: tuple[str, ...], default: str
     """First-contact locale: from the customer's calling code when the flow speaks that language."""
     digits = ""
     if inbound is not None:
-        digits = "".join(c for c in (inbound.wa_id or inbound.subject) if c.isdigit())
+        number = inbound.wa_id or inbound.subject
+        digits = number if number.isdigit() else "".join(c for c in number if c.isdigit())
     for n in (3, 2, 1):
         loc = _PHONE_LOCALES.get(digits[:n]) if len(digits) > n else None
         if loc is not None:

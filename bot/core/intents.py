@@ -28,12 +28,15 @@ EXTRA_TOKENS = 3
 _SQUEEZE = re.compile(r"([^\W\d_])\1+")
 
 
+_NOT_ALNUM = re.compile(r"[\W_]+")  # re's \w is str.isalnum() or "_": so this is "not isalnum()"
+
+
 def normalise(text: str) -> str:
     """The matching form of ``text`` (without squeezing repeated letters)."""
     s = unicodedata.normalize("NFKC", text[: MAX_INPUT * 2]).casefold()
-    s = "".join(c for c in unicodedata.normalize("NFD", s) if not unicodedata.combining(c)).casefold()
-    s = "".join(c if c.isalnum() else " " for c in s[:MAX_INPUT])
-    return " ".join(s.split())
+    if not s.isascii():  # ASCII has no combining marks and is its own NFD
+        s = "".join(c for c in unicodedata.normalize("NFD", s) if not unicodedata.combining(c)).casefold()
+    return " ".join(_NOT_ALNUM.sub(" ", s[:MAX_INPUT]).split())
 
 
 def squeeze(normalised: str) -> str:
@@ -285,17 +288,36 @@ def builtin_intent(text: str) -> BuiltinIntent | None:
     return builtin_intent_of_form(match_form(text))
 
 
+def _first_intent_by_form(part: str) -> dict[str, int]:
+    """Every form of ``part`` (exact, joined or leading) of the built-in sets -> the index, in
+    :data:`BUILTIN_KEYWORDS`, of the first set holding it."""
+    index: dict[str, int] = {}
+    for i, (_, words) in enumerate(BUILTIN_KEYWORDS):
+        for form in getattr(words, part):
+            index.setdefault(form, i)
+    return index
+
+
+_EXACT, _JOINED, _LEADING = (_first_intent_by_form(p) for p in ("exact", "joined", "leading"))
+_NONE = len(BUILTIN_KEYWORDS)
+
+
 def builtin_intent_of_form(form: str) -> BuiltinIntent | None:
-    """:func:`builtin_intent` of a text already in its :func:`match_form`."""
+    """:func:`builtin_intent` of a text already in its :func:`match_form`.
+
+    The same answer as asking each set of :data:`BUILTIN_KEYWORDS` in turn (``match_exact`` for all,
+    then ``match_leading`` for all), from one index over every set."""
     if not form:
         return None
-    for intent, words in BUILTIN_KEYWORDS:
-        if words.match_exact(form):
-            return intent
+    first = min(_EXACT.get(form, _NONE), _JOINED.get(form.replace(" ", ""), _NONE))
+    if first < _NONE:
+        return BUILTIN_KEYWORDS[first][0]
     tokens = form.split()
-    for intent, words in BUILTIN_KEYWORDS:
-        if words.match_leading(tokens):
-            return intent
+    n = len(tokens)
+    for k in range(min(n, 4), max(n - EXTRA_TOKENS, 1) - 1, -1):
+        first = min(first, _LEADING.get(" ".join(tokens[:k]), _NONE))
+    if first < _NONE:
+        return BUILTIN_KEYWORDS[first][0]
     if len(tokens) <= HUMAN_MAX_TOKENS and not HUMAN_TOKENS.isdisjoint(tokens):
         return BuiltinIntent.HUMAN
     return None

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.core.intents import (
+    BUILTIN_KEYWORDS,
+    HUMAN_MAX_TOKENS,
+    HUMAN_TOKENS,
+    MAX_INPUT,
     OPTOUT_EXACT_ONLY,
     OPTOUT_WORDS,
     BuiltinIntent,
     builtin_intent,
+    builtin_intent_of_form,
     match_form,
     normalise,
     number_in,
@@ -155,3 +164,46 @@ def test_numbers() -> None:
     assert number_in("2009") == 2009
     assert number_in("15 años") is None
     assert number_in("fifteen") is None
+
+
+def reference_normalise(text: str) -> str:
+    """Section 4.3 spelled out character by character (what :func:`normalise` must equal)."""
+    s = unicodedata.normalize("NFKC", text[: MAX_INPUT * 2]).casefold()
+    s = "".join(c for c in unicodedata.normalize("NFD", s) if not unicodedata.combining(c)).casefold()
+    s = "".join(c if c.isalnum() else " " for c in s[:MAX_INPUT])
+    return " ".join(s.split())
+
+
+def reference_intent_of_form(form: str) -> BuiltinIntent | None:
+    """Each built-in set asked in turn: exact matches first, then prefixes (then the HUMAN rule)."""
+    if not form:
+        return None
+    for intent, words in BUILTIN_KEYWORDS:
+        if words.match_exact(form):
+            return intent
+    for intent, words in BUILTIN_KEYWORDS:
+        if words.match_leading(form.split()):
+            return intent
+    tokens = form.split()
+    return BuiltinIntent.HUMAN if len(tokens) <= HUMAN_MAX_TOKENS and set(tokens) & HUMAN_TOKENS else None
+
+
+KEYWORDS = sorted({w for _, ws in BUILTIN_KEYWORDS for w in ws.exact} | set(HUMAN_TOKENS) | {"hola", "para", "end", "ya"})
+TEXTS = st.one_of(
+    st.text(max_size=200),
+    st.text(alphabet="aAáÁeéÉñÑçÇß ﬁ_-.!¿?0123456789\u017f\u200b\u0301\n\t🛑\uff53\uff54\uff4f\uff50", max_size=60),
+    st.lists(st.sampled_from(KEYWORDS), max_size=6).map(" ".join),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXTS)
+def test_normalise_equals_the_character_by_character_definition(text: str) -> None:
+    assert normalise(text) == reference_normalise(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXTS)
+def test_one_index_answers_as_the_sets_asked_in_turn(text: str) -> None:
+    form = match_form(text)
+    assert builtin_intent_of_form(form) == reference_intent_of_form(form)
