@@ -200,7 +200,7 @@ async def build_services(
     else:
         services.store_label = f"MongoDB at {describe_uri(settings.mongodb_uri)}"
 
-    session = make_session()
+    session = make_session(limit=settings.workers)  # one connection per worker waiting on a send
     stack.push_async_callback(session.close)
     graph_url = settings.graph_url or f"{base_url}/sandbox/graph"
     rate = max((n.rate_per_second for n in settings.numbers), default=80.0)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,7 @@ log = logging.getLogger("consentbot.dispatcher")
 
 CONSENT_ERROR = 131050
 STATUS_RETRIES = 20  # polls (about 0.5 s apart, after a 2 s grace) a status waits for its message's wamid
+FINISHED_HORIZON = 60.0  # seconds a finished turn is remembered (far longer than a poller query takes)
 MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
@@ -82,7 +84,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._notices_stored: set[tuple[str, str, str]] = set()
-        self._finished: dict[str, float] = {}  # key -> monotonic time its last turn ended
+        self._finished: OrderedDict[str, float] = OrderedDict()  # key -> monotonic end of its last turn, oldest first
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,10 +162,20 @@ class Dispatcher:
             finally:
                 logs.conversation.reset(token)
                 self._busy.discard(key)
-                self._finished[key] = time.monotonic()
-                if len(self._finished) > 50_000:
-                    horizon = time.monotonic() - 60.0
-                    self._finished = {k: t for k, t in self._finished.items() if t >= horizon}
+                self._mark_finished(key, time.monotonic())
+
+    def _mark_finished(self, key: str, now: float) -> None:
+        """Remember when ``key``'s last turn ended, for :meth:`notify_recovered`; forget turns that
+        ended more than :data:`FINISHED_HORIZON` ago (in order, O(1) per turn at any rate)."""
+        finished = self._finished
+        finished[key] = now
+        finished.move_to_end(key)
+        horizon = now - FINISHED_HORIZON
+        while finished:
+            oldest = next(iter(finished.values()))
+            if oldest >= horizon:
+                break
+            finished.popitem(last=False)
 
     # --- conversations ---------------------------------------------------------------------------
     async def _run_conversation(self, key: str) -> None:

@@ -24,6 +24,8 @@ from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Inbound, Outb
 def millis(value: datetime) -> datetime:
     """``value`` in UTC truncated to the millisecond: what an adapter keeps and returns. A naive
     datetime is a ``ValueError`` (the store takes timezone-aware times only)."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # already what the store keeps (the service's clock gives such times)
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value.isoformat()}: the store takes timezone-aware UTC times")
     value = value.astimezone(UTC)
@@ -39,10 +41,10 @@ def stored(value: Any) -> Any:
     kind = type(value)  # exact types first: this runs on every memory-store write and read
     if kind in _LEAVES:
         return value
-    if kind is dict:
-        return {k: stored(v) for k, v in value.items()}
+    if kind is dict:  # leaves inline: most values of a document are strings and numbers
+        return {k: v if type(v) in _LEAVES else stored(v) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [stored(v) for v in value]
+        return [v if type(v) in _LEAVES else stored(v) for v in value]
     if isinstance(value, datetime):
         return millis(value)
     if isinstance(value, dict):

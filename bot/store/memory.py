@@ -180,6 +180,15 @@ def _copy_outbound(m: Outbound | None) -> Outbound | None:
 def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
     """The copy the store keeps (every datetime truncated); ``entry`` itself when nothing in it is
     mutable or needs truncating (a new outbound entry stamped by the millisecond clock)."""
+    if (
+        entry.delivery_at is None
+        and entry.next_attempt_at is None
+        and not entry.statuses
+        and _ms(entry.at) is entry.at
+        and _copy_inbound(entry.inbound) is entry.inbound
+        and _copy_outbound(entry.outbound) is entry.outbound
+    ):
+        return entry  # the common case: a step's new entries
     changes: dict[str, object] = {
         "at": _ms(entry.at),
         "inbound": _copy_inbound(entry.inbound),
@@ -402,15 +411,15 @@ class MemoryStepLog(StepLog):
             raise StaleVersion(f"conversation {conv.key!r} is at version {stored_version}, not {step.seq - 1}")
         previous, head.conversation = head.conversation, _own_conversation(conv)
         _index_timers(self._d, previous, head.conversation)
+        lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         if release:
             head.lease_owner, head.lease_until = "", None
         else:
-            head.lease_until = millis(step.at + timedelta(seconds=lease_seconds))
+            head.lease_until = lease_until
         record = StepRecord.of(step)  # its tuples hold frozen values only
         if (at := _ms(step.at)) is not step.at:
             record = evolve(record, at=at)
         self._d.steps.setdefault(conv.key, []).append(record)
-        lease_until = millis(step.at + timedelta(seconds=lease_seconds))
         out_ids = []
         for pos, entry in enumerate(self.entries(step)):
             row = _OutRow(_own_entry(entry), next(self._d.counter), pos)

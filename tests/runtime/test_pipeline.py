@@ -504,3 +504,19 @@ async def test_the_dispatcher_runs_as_many_workers_as_configured() -> None:
     finally:
         await running.sim.drain()
         await running.stop()
+
+
+def test_finished_turns_are_remembered_for_the_horizon_only_and_in_order() -> None:
+    from bot.runtime.dispatcher import FINISHED_HORIZON
+    from bot.runtime.metrics import Metrics
+    from bot.store.memory import MemoryStore
+
+    d = Dispatcher(MemoryStore(), lambda *a: None, None, Metrics(), "svc")  # type: ignore[arg-type]
+    for i in range(100_000):  # a busy minute and more: one new conversation every millisecond
+        d._mark_finished(f"k{i}", i / 1000)
+    assert len(d._finished) == FINISHED_HORIZON * 1000 + 1  # the last 60 s, nothing older
+    assert next(iter(d._finished)) == f"k{100_000 - 60_001}"
+    d._mark_finished("k50000", 100.0)  # a conversation that runs again moves to the newest end
+    assert list(d._finished)[-1] == "k50000"
+    d.notify_recovered(["k99999", "k10"], since=99.0)  # k99999 finished after the query began: skipped
+    assert d._queued == {"k10"}
