@@ -71,18 +71,20 @@ class Inbound:
     def to_doc(self) -> dict[str, Any]:
         # Field by field: ``dataclasses.asdict`` deep-copies recursively (on the webhook's hot path).
         doc = {name: getattr(self, name) for name in _INBOUND_ORDER}
-        doc["kind"] = str(self.kind)
+        doc["kind"] = self.kind.value
         doc["referral"] = None if self.referral is None else json_copy(self.referral)
-        doc["data"] = json_copy(self.data)
-        doc["errors"] = [asdict(e) for e in self.errors]
+        doc["data"] = json_copy(self.data) if self.data else {}
+        doc["errors"] = [asdict(e) for e in self.errors] if self.errors else []
         return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Inbound:
         d = dict(doc)
         d.pop("_id", None)
-        d["kind"] = InboundKind(d["kind"])
-        d["errors"] = tuple(ErrorInfo(**e) for e in d.get("errors", ()))
+        kind = d["kind"]
+        d["kind"] = _INBOUND_KINDS.get(kind) or InboundKind(kind)  # the lookup first: an Enum call is slow
+        errors = d.get("errors")
+        d["errors"] = tuple(ErrorInfo(**e) for e in errors) if errors else ()
         return cls(**d)
 
 
@@ -99,6 +101,7 @@ class ErrorInfo:
 
 
 _INBOUND_ORDER = tuple(Inbound.__dataclass_fields__)
+_INBOUND_KINDS: dict[str, InboundKind] = {k.value: k for k in InboundKind}
 
 
 def json_copy(value: Any) -> Any:

@@ -288,7 +288,7 @@ class Dispatcher:
                 await self.on_notices(fresh)
                 self._notices_stored.update(_notice_key(n) for n in fresh)
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
-        self.metrics.steps.inc(cause=str(cause))
+        self.metrics.steps.inc(cause=cause.value)
         for entry_id, message in zip(ids, turn.outbox, strict=True):
             await self.sender.send(entry_id, message, head)
         if self.on_request is not None:

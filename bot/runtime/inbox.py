@@ -121,7 +121,7 @@ class InboxWriter:
             return
         new = await self.inbox.put(entries)
         for e in entries:
-            self.metrics.inbound.inc(kind=str(e.kind))
+            self.metrics.inbound.inc(kind=e.kind.value)
         if new < len(entries):
             log.info("duplicate deliveries absorbed", extra={"duplicates": len(entries) - new})
         self.notify(dict.fromkeys(e.conversation_key for e in entries))
