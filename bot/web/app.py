@@ -9,6 +9,7 @@ and phone page under ``/sandbox``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -26,12 +27,14 @@ MAX_BODY = 4 * 1024 * 1024  # Meta's webhook payloads reach 3 MB
 READY_TIMEOUT = 2.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ID_PREFIX = uuid.uuid4().hex[:8]  # this process; the counter numbers its requests (no random read each)
+_ids = itertools.count(1)
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (``X-Request-Id`` in and out) that every log line in it carries."""
-    rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    rid = request.headers.get("X-Request-Id", "")[:64] or f"{_ID_PREFIX}{next(_ids):08x}"
     token = logs.request_id.set(rid)
     started = time.perf_counter()
     try:

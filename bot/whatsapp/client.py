@@ -132,10 +132,14 @@ class GraphClient:
         # re-arming it on every chunk cost more than the rest of the client's own work.
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_connect=timeout)
         self._rng = rng or random.Random()
+        self._urls: dict[str, str] = {}
         self.stats = ClientStats()
 
     def url(self, phone_number_id: str) -> str:
-        return f"{self._base}/{self._version}/{phone_number_id}/messages"
+        url = self._urls.get(phone_number_id)
+        if url is None:
+            url = self._urls[phone_number_id] = f"{self._base}/{self._version}/{phone_number_id}/messages"
+        return url
 
     async def send(self, phone_number_id: str, message: Outbound, *, callback_data: str | None = None) -> SendResult:
         """Send ``message`` from ``phone_number_id`` to ``message.to``.

@@ -111,15 +111,17 @@ class Pacer:
         The pair slot is reserved first (keeps per-customer order); the number slot is reserved only
         when the send is really about to happen, so a customer who must wait does not hold up others.
         """
-        started = self.clock()
+        started = now = self.clock()
         if recipient is not None:
             start = self.reserve_pair(phone_number_id, recipient, started)
             if start > started:
                 await self.sleep(start - started)
-        now = self.clock()
+                now = self.clock()
         start = self.reserve_number(phone_number_id, now)
         if start > now:
             await self.sleep(start - now)
+        elif now is started:
+            return 0.0  # no wait at all (the usual case): no third reading of the clock
         return max(0.0, self.clock() - started)
 
     def penalize_pair(self, phone_number_id: str, recipient: str, seconds: float, now: float) -> None:

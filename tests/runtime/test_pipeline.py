@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 from service_kit import (
     PNID,
@@ -258,7 +259,6 @@ async def test_due_timer_fires_from_the_store(service: Running) -> None:
 
 
 async def test_metrics_expose_the_pipeline(service: Running) -> None:
-    import aiohttp
 
     await service.sim.customer_sends_text(NUMBER, "hola")
     await bot_messages(service, 1)
@@ -270,6 +270,18 @@ async def test_metrics_expose_the_pipeline(service: Running) -> None:
     assert 'consentbot_sends_total{result="accepted"}' in text
     assert "consentbot_inbox_pending" in text
     assert 'consentbot_webhooks_total{result="received"}' in text
+
+
+async def test_every_response_carries_a_request_id(service: Running) -> None:
+    async with aiohttp.ClientSession() as session:
+        ids = []
+        for _ in range(3):
+            async with session.get(f"{service.base}/healthz") as response:
+                ids.append(response.headers["X-Request-Id"])
+        async with session.get(f"{service.base}/healthz", headers={"X-Request-Id": "from-the-proxy"}) as response:
+            given = response.headers["X-Request-Id"]
+    assert len(set(ids)) == 3 and all(i.isalnum() and 8 < len(i) <= 64 for i in ids)
+    assert given == "from-the-proxy"
 
 
 async def test_a_status_naming_the_entry_settles_a_send_whose_answer_was_lost(service: Running) -> None:
