@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -37,9 +38,36 @@ log = logging.getLogger("consentbot.dispatcher")
 CONSENT_ERROR = 131050
 STATUS_RETRIES = 20  # polls (about 0.5 s apart, after a 2 s grace) a status waits for its message's wamid
 FINISHED_HORIZON = 60.0  # seconds a finished turn is remembered (far longer than a poller query takes)
-MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
+MAX_ATTEMPTS = 5
+# Turns doing database work at once. Workers are many (each waits for its sends, which take as long as
+# Meta does), but a slow database should serve the webhook's inbox writes first: a turn gives its slot
+# up while the Graph API answers.
+STORE_SLOTS = 16  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
+
+
+class _TurnSlot:
+    """One worker's share of the dispatcher's store slots (see :class:`bot.runtime.outbox.StoreSlot`);
+    knows whether it holds it, so giving it back is never done twice."""
+
+    __slots__ = ("_slots", "held")
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
+
+
+_TURN_SLOT: contextvars.ContextVar[_TurnSlot | None] = contextvars.ContextVar("dispatcher_turn_slot", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +90,7 @@ class Dispatcher:
         owner: str,
         *,
         workers: int = 16,
+        store_slots: int = STORE_SLOTS,
         queue_size: int = 10_000,
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,
@@ -81,6 +110,7 @@ class Dispatcher:
         self._queued: set[str | TimerWork] = set()
         self._busy: set[str] = set()
         self._workers_n = workers
+        self._store_slots = asyncio.Semaphore(store_slots)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._notices_stored: set[tuple[str, str, str]] = set()
@@ -148,7 +178,10 @@ class Dispatcher:
                 continue
             self._busy.add(key)
             token = logs.conversation.set(key)
+            slot = _TurnSlot(self._store_slots)
+            slot_token = _TURN_SLOT.set(slot)
             try:
+                await slot.acquire()
                 if isinstance(item, TimerWork):
                     await self._run_timer(item)
                 elif key.startswith(STATUS_KEY_PREFIX):
@@ -160,6 +193,8 @@ class Dispatcher:
             except Exception:
                 log.exception("turn failed; work stays in the inbox")
             finally:
+                slot.release()
+                _TURN_SLOT.reset(slot_token)
                 logs.conversation.reset(token)
                 self._busy.discard(key)
                 self._mark_finished(key, time.monotonic())
@@ -290,7 +325,7 @@ class Dispatcher:
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
         self.metrics.steps.inc(cause=cause.value)
         for entry_id, message in zip(ids, turn.outbox, strict=True):
-            await self.sender.send(entry_id, message, head)
+            await self.sender.send(entry_id, message, head, store_slot=_TURN_SLOT.get())
         if self.on_request is not None:
             for request in turn.requests:
                 await self.on_request(request, head, now)

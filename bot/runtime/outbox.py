@@ -48,6 +48,15 @@ class SendsMessages(Protocol):
 SuppressionCheck = Callable[[str], Awaitable[bool]]
 
 
+class StoreSlot(Protocol):
+    """A share of the database its holder may use (the dispatcher bounds how many turns run their
+    store work at once); a send gives it up while it waits for the Graph API."""
+
+    def release(self) -> None: ...
+
+    async def acquire(self) -> None: ...
+
+
 def age_fact(conversation: Conversation | None) -> bool | None:
     """The age-gate result the flow recorded (``slots['minor']`` / ``slots['age_ok']``): True = minor,
     None = not answered yet."""
@@ -109,10 +118,19 @@ class Sender:
         )
 
     async def send(
-        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int = 0
+        self,
+        entry_id: str,
+        message: Outbound,
+        conversation: Conversation | None,
+        attempts: int = 0,
+        *,
+        store_slot: StoreSlot | None = None,
     ) -> OutState:
         """Gate and send one outbox entry this process holds the lease on; record the outcome.
-        ``attempts`` is how many earlier attempts failed transiently (from the entry)."""
+        ``attempts`` is how many earlier attempts failed transiently (from the entry).
+
+        ``store_slot``: a slot the caller holds to bound its database work (the dispatcher's); it is
+        given up while the Graph API answers and taken again before the outcome is recorded."""
         verdict = await self.verdict(message, conversation)
         if not verdict.allowed:
             self.metrics.gate_blocks.inc(reason=str(verdict.reason))
@@ -120,17 +138,30 @@ class Sender:
             await self._settle(entry_id, SendOutcome(OutState.BLOCKED, reason=str(verdict.reason)))
             log.info("send blocked", extra={"reason": str(verdict.reason), "detail": verdict.detail})
             return OutState.BLOCKED
-        return await self._deliver(entry_id, verdict.message, conversation, attempts, str(verdict.reason))
+        return await self._deliver(entry_id, verdict.message, conversation, attempts, str(verdict.reason), store_slot)
 
     async def _deliver(
-        self, entry_id: str, message: Outbound, conversation: Conversation | None, attempts: int, allowed: str = ""
+        self,
+        entry_id: str,
+        message: Outbound,
+        conversation: Conversation | None,
+        attempts: int,
+        allowed: str = "",
+        store_slot: StoreSlot | None = None,
     ) -> OutState:
         """Send ``message`` (the gate's version of the entry: its fallback template outside the window);
         an accepted send records ``allowed``, the gate's reason, on the entry."""
         pnid = conversation.phone_number_id if conversation is not None else ""
         started = time.perf_counter()
         try:
-            result = await self.client.send(pnid, message, callback_data=entry_id)
+            if store_slot is None:
+                result = await self.client.send(pnid, message, callback_data=entry_id)
+            else:
+                store_slot.release()
+                try:
+                    result = await self.client.send(pnid, message, callback_data=entry_id)
+                finally:
+                    await store_slot.acquire()
         except ChannelError as exc:
             self.metrics.send_latency.observe(time.perf_counter() - started)
             return await self._failed(entry_id, message, conversation, exc, attempts)

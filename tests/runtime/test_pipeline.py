@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -532,3 +534,42 @@ def test_finished_turns_are_remembered_for_the_horizon_only_and_in_order() -> No
     assert list(d._finished)[-1] == "k50000"
     d.notify_recovered(["k99999", "k10"], since=99.0)  # k99999 finished after the query began: skipped
     assert d._queued == {"k10"}
+
+
+async def test_a_turn_gives_up_its_store_slot_while_meta_answers() -> None:
+    """Turns doing database work are few (a slow database serves the webhook's inbox writes first), but
+    a turn waiting for the Graph API holds none: with one store slot, three customers' replies are
+    still in flight at once."""
+    running = await start_service({"CONSENTBOT_WORKERS": "8"}, store_kind="memory")
+    in_flight, most = 0, 0
+
+    class SlowGraph:
+        async def send(self, phone_number_id: str, message: Outbound, *, callback_data: str | None = None) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.3)
+            in_flight -= 1
+            return SimpleNamespace(wamid=f"wamid.slow.{callback_data}")
+
+    try:
+        dispatcher = running.services.components["dispatcher"]
+        dispatcher._store_slots = asyncio.Semaphore(1)
+        running.services.components["sender"].client = SlowGraph()
+        customers = ["34600000101", "34600000102", "34600000103"]
+        for number in customers:
+            running.sim.add_customer(number, "Ana")
+            await running.sim.customer_sends_text(number, "hola")
+
+        async def all_accepted() -> bool:
+            states = [e.out_state for n in customers
+                      for e in await running.services.store.transcript.for_conversation(f"{PNID}:{n}")
+                      if e.direction == "out"]
+            return states == [OutState.ACCEPTED] * 3
+
+        await wait_until(all_accepted, what="three accepted replies")
+        assert most == 3
+        assert dispatcher._store_slots._value == 1  # every slot given back
+    finally:
+        await running.sim.drain()
+        await running.stop()
