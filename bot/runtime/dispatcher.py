@@ -25,6 +25,7 @@ from typing import Any
 from bot import logs
 from bot.core.conversation import Cause, Conversation, Step, Timer
 from bot.core.messages import DeliveryStatus, Inbound, PreferenceUpdate, StatusUpdate
+from bot.core.rendering import NoticeText
 from bot.errors import StaleVersion, StoreError
 from bot.runtime.clock import utc_now
 from bot.runtime.inbox import ERROR_SIGNAL, STATUS_KEY_PREFIX, consent_error_entry
@@ -77,6 +78,8 @@ class TimerWork:
 
 
 def _notice_key(notice: Any) -> tuple[str, str, str]:
+    if type(notice) is NoticeText:
+        return (notice.version, notice.locale, notice.sha256)
     return (str(getattr(notice, "version", "")), str(getattr(notice, "locale", "")), str(getattr(notice, "sha256", "")))
 
 

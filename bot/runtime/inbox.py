@@ -124,4 +124,5 @@ class InboxWriter:
             self.metrics.inbound.inc(kind=e.kind.value)
         if new < len(entries):
             log.info("duplicate deliveries absorbed", extra={"duplicates": len(entries) - new})
-        self.notify(dict.fromkeys(e.conversation_key for e in entries))
+        keys = [e.conversation_key for e in entries]
+        self.notify(keys if len(keys) == 1 else dict.fromkeys(keys))
