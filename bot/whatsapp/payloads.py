@@ -108,19 +108,18 @@ def parse_notification(body: object) -> Notification:
         raise PayloadError("webhook body: entry must be an array")
     out = _Collector()
     for i, entry in enumerate(entries):
-        where = f"entry[{i}]"
         if not isinstance(entry, _MAPPING):
-            out.problem(where, "not an object")
+            out.problem(f"entry[{i}]", "not an object")
             continue
         changes = entry.get("changes")
         if not isinstance(changes, list):
-            out.problem(f"{where}.changes", "missing or not an array")
+            out.problem(f"entry[{i}].changes", "missing or not an array")
             continue
         for j, change in enumerate(changes):
             try:
-                _change(out, f"{where}.changes[{j}]", change)
+                _change(out, i, j, change)
             except (_Skip, RecursionError) as exc:  # defensive: a whole change is unreadable
-                out.problem(f"{where}.changes[{j}]", str(exc) or type(exc).__name__)
+                out.problem(f"entry[{i}].changes[{j}]", str(exc) or type(exc).__name__)
     return out.build()
 
 
@@ -144,7 +143,9 @@ class _Collector:
         )
 
 
-def _change(out: _Collector, where: str, change: object) -> None:
+def _change(out: _Collector, i: int, j: int, change: object) -> None:
+    """Parse ``entry[i].changes[j]`` (where a problem is reported: built only when there is one)."""
+    where = f"entry[{i}].changes[{j}]"
     if not isinstance(change, _MAPPING):
         raise _Skip("not an object")
     field = change.get("field")
@@ -172,13 +173,12 @@ def _change(out: _Collector, where: str, change: object) -> None:
             out.problem(f"{where}.value.{key}", "not an array")
             continue
         for k, item in enumerate(items):
-            item_where = f"{where}.value.{key}[{k}]"
             try:
                 handler(out, pnid, contacts, item)
             except _Skip as exc:
-                out.problem(item_where, str(exc))
+                out.problem(f"{where}.value.{key}[{k}]", str(exc))
             except RecursionError:
-                out.problem(item_where, "nested too deeply")
+                out.problem(f"{where}.value.{key}[{k}]", "nested too deeply")
 
 
 # --- contacts ------------------------------------------------------------------------------------
