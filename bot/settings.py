@@ -65,7 +65,7 @@ class NumberSettings:
 
 
 # A dispatcher worker runs one conversation's turn, its sends included, so a process answers at most
-# about workers / (Graph API latency) messages per second: 256 keeps up with 1,000/s at 250 ms.
+# about workers / (Graph API latency) messages per second: 256 keeps up with 1,000/s if a send takes 250 ms.
 DEFAULT_WORKERS = 256
 MAX_WORKERS = 10_000
 
