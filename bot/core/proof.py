@@ -491,6 +491,8 @@ def build_export(
                 "transcripts": retention.transcripts_days,
                 "blockedConsentProof": retention.blocked_proof_days,
                 "consentRefresh": retention.consent_refresh_days,
+                "consoleAuditLog": retention.audit_days,  # who viewed or acted on your conversations
+                "inbox": retention.inbox_days,
             },
             "rights": [
                 "access", "rectification", "erasure", "restriction", "portability", "objection",

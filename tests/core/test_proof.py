@@ -231,6 +231,11 @@ def test_export_validates_and_holds_everything(records: list[ConsentRecord]) -> 
     ]
     assert export["consent"]["chain"]["ok"] is True
     assert [t["text"] for t in export["transcript"]] == ["hola", "¿Quieres ofertas?"]
+    r = PROJECT.retention
+    assert export["processing"]["retentionDays"] == {
+        "transcripts": r.transcripts_days, "blockedConsentProof": r.blocked_proof_days,
+        "consentRefresh": r.consent_refresh_days, "consoleAuditLog": r.audit_days, "inbox": r.inbox_days,
+    }
 
 
 def test_export_of_an_unknown_subject_is_empty_but_valid() -> None:
