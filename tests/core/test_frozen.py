@@ -40,19 +40,26 @@ def test_unknown_field_is_a_type_error() -> None:
         evolve(Timer("expire", NOW), nope=1)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checked:
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError("n must be >= 0")
+
+
+@dataclasses.dataclass(slots=True)
+class Mutable:
+    n: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class KeywordOnly:
+    n: int
+
+
 def test_classes_with_post_init_or_not_frozen_use_replace() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Checked:
-        n: int
-
-        def __post_init__(self) -> None:
-            if self.n < 0:
-                raise ValueError("n must be >= 0")
-
-    @dataclasses.dataclass(slots=True)
-    class Mutable:
-        n: int
-
     with pytest.raises(ValueError, match="n must be"):
         evolve(Checked(1), n=-1)
     assert evolve(Mutable(1), n=2) == Mutable(2)
@@ -113,22 +120,6 @@ def test_quick_init_builds_what_the_dataclass_init_builds(cls: type) -> None:
 
 
 def test_quick_init_leaves_other_classes_alone() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Checked:
-        n: int
-
-        def __post_init__(self) -> None:
-            if self.n < 0:
-                raise ValueError("n must be >= 0")
-
-    @dataclasses.dataclass(slots=True)
-    class Mutable:
-        n: int
-
-    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-    class KeywordOnly:
-        n: int
-
     for cls in (Checked, Mutable, KeywordOnly):
         init = cls.__init__
         assert quick_init(cls) is cls and cls.__init__ is init and cls not in ORIGINAL_INITS
