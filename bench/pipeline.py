@@ -469,7 +469,7 @@ async def scenario(mode: str, args: argparse.Namespace, graph: FakeGraph, graph_
 
             def first_contact() -> tuple[str, str, int]:
                 i = next(seq)
-                return f"346{index}{i:07d}", f"wamid.bench.{mode}.{i}", 1
+                return f"346{index}{i:07d}", f"wamid.bench.{mode}.{index}.{i}", 1
 
             phase = Phase("first contact")
             await closed_loop(session, f"{base}/webhook", graph, phase, numbers=first_contact, text="hola",
@@ -501,7 +501,7 @@ async def scenario(mode: str, args: argparse.Namespace, graph: FakeGraph, graph_
                     i = next(position, None)
                     if i is None:  # out of returning customers: stop this worker's loop
                         raise StopIteration
-                    return back[i], f"wamid.bench.{mode}.back.{i}", 2
+                    return back[i], f"wamid.bench.{mode}.{index}.back.{i}", 2
 
                 before = {c: len(graph.replies.get(c, ())) for c in back}
                 await returning_loop(session, f"{base}/webhook", graph, again, returning, args)
@@ -559,6 +559,7 @@ async def main(args: argparse.Namespace) -> int:
     graph_url = f"http://127.0.0.1:{graph_port}"
     results: dict[str, dict[str, Any]] = {}
     loads: dict[str, tuple[float, float, float]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         workdir = Path(tmp)
         server = None
@@ -570,18 +571,52 @@ async def main(args: argparse.Namespace) -> int:
                 server = EmbeddedServer(":memory:")
                 uri = await server.start()
                 db_pid = server_pid(server)
-            for index, mode in enumerate(modes):
-                print(f"-- {mode}", file=sys.stderr, flush=True)
-                results[mode] = await scenario(mode, args, graph, graph_url, workdir, index, uri, db_pid)
-                loads[mode] = os.getloadavg()
-                if args.keep_logs:
-                    await asyncio.to_thread(keep_logs, workdir, Path(args.keep_logs))
+            for n in range(args.repeat):
+                results = {}
+                for position, mode in enumerate(modes):
+                    print(f"-- {mode}" + (f" (round {n + 1} of {args.repeat})" if args.repeat > 1 else ""),
+                          file=sys.stderr, flush=True)
+                    index = n * len(modes) + position  # every round's customers are new numbers
+                    results[mode] = await scenario(mode, args, graph, graph_url, workdir, index, uri, db_pid)
+                    loads[mode] = os.getloadavg()
+                    if args.keep_logs:
+                        await asyncio.to_thread(keep_logs, workdir, Path(args.keep_logs))
+                rounds.append(results)
         finally:
             if server is not None:
                 await server.stop()
             await runner.cleanup()
     print_report(args, results, loads, load_before, started, graph)
+    if len(rounds) > 1:
+        print_rounds(rounds)
     return 0
+
+
+def print_rounds(rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """Every round's replies/s and CPU per message, and the memory store's share of the bare handler:
+    this machine's speed drifts, so one same-run comparison is not enough to judge the target."""
+    print(f"\n{len(rounds)} rounds (the report above is the last one):\n")
+    print("| round | bare replies/s (CPU ms/msg) | memory replies/s (CPU ms/msg) | memory vs bare | lost/dup |")
+    print("|---:|---:|---:|---:|---:|")
+    shares = []
+    for n, results in enumerate(rounds, start=1):
+        bare, memory = results.get("bare"), results.get("memory")
+        cells = [f"{r['first'].rate:,.0f} ({1000 * r['first'].cpu_server / max(r['first'].counted, 1):.2f})"
+                 if r else "—" for r in (bare, memory)]
+        share = "—"
+        if bare and memory:
+            shares.append(100 * memory["first"].rate / bare["first"].rate)
+            share = f"{shares[-1]:.1f} %"
+        bad = sum(r["first_check"]["lost"] + r["first_check"]["dup"] + r["first_check"]["dup_callbacks"]
+                  for r in results.values())
+        print(f"| {n} | {cells[0]} | {cells[1]} | {share} | {bad} |")
+    losses = sum(r["first_check"]["lost"] + r["first_check"]["dup"] + r["first_check"]["dup_callbacks"]
+                 for results in rounds for r in results.values())
+    print(f"\nlost or duplicated replies over all rounds: {losses}")
+    if shares:
+        met = sum(s >= 50 for s in shares)
+        print(f"memory vs bare over {len(shares)} rounds: median {statistics.median(shares):.1f} %, "
+              f"{min(shares):.1f}-{max(shares):.1f} %; {met} of {len(shares)} rounds >= 50 %")
 
 
 def keep_logs(workdir: Path, into: Path) -> None:
@@ -676,6 +711,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="business numbers the customers are spread over (default 4; each is capped at --rate)")
     p.add_argument("--only", default="bare,memory,mongo", help="comma-separated subset of bare,memory,mongo")
     p.add_argument("--returning", type=int, default=0, help="returning customers per ConsentBot run (default 0)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run every server this many times, alternating, and summarise the rounds (default 1)")
     p.add_argument("--keep-logs", default="", help="copy the servers' logs into this directory")
     p.add_argument("--profile", default="", help="profile the servers; write <dir>/<server>.prof (or .txt)")
     p.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile",
