@@ -536,11 +536,15 @@ def test_finished_turns_are_remembered_for_the_horizon_only_and_in_order() -> No
     assert d._queued == {"k10"}
 
 
-async def test_a_turn_gives_up_its_store_slot_while_meta_answers() -> None:
+@pytest.mark.parametrize("store_kind", ["memory", "mongo"])
+async def test_a_turn_gives_up_its_store_slot_while_meta_answers(
+    store_kind: str, mongo_uri: str, mongo_database: str
+) -> None:
     """Turns doing database work are few (a slow database serves the webhook's inbox writes first), but
     a turn waiting for the Graph API holds none: with one store slot, three customers' replies are
     still in flight at once."""
-    running = await start_service({"CONSENTBOT_WORKERS": "8"}, store_kind="memory")
+    env = {"CONSENTBOT_WORKERS": "8", "MONGODB_URI": mongo_uri, "CONSENTBOT_DATABASE": mongo_database}
+    running = await start_service(env, store_kind=store_kind)
     in_flight, most = 0, 0
 
     class SlowGraph:
