@@ -67,6 +67,7 @@ class NumberSettings:
 # A dispatcher worker runs one conversation's turn, its sends included, so a process answers at most
 # about workers / (Graph API latency) messages per second: 256 keeps up with 1,000/s if a send takes 250 ms.
 DEFAULT_WORKERS = 256
+DEFAULT_STORE_SLOTS = 16  # a slow database serves the webhook's inbox writes before every turn's reads
 MAX_WORKERS = 10_000
 
 
@@ -86,6 +87,7 @@ class Settings:
     sandbox: bool
     lease_seconds: float = 30.0  # how long a dead process's work stays claimed before another takes it
     workers: int = DEFAULT_WORKERS  # conversations one process runs at once (each waits for its sends)
+    store_slots: int = DEFAULT_STORE_SLOTS  # of those, how many may do database work at once
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -275,6 +277,13 @@ def load_project(project_dir: Path) -> Project:
     )
 
 
+def _count(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip() or str(default)
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS:
+        raise ConfigError(key, f"must be a whole number from 1 to {MAX_WORKERS}, got {raw!r}")
+    return int(raw)
+
+
 def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None = None) -> Settings:
     """Load ``consentbot.yaml`` from ``project_dir`` and the environment (``os.environ`` by default).
 
@@ -329,12 +338,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be a number of seconds, got {lease_raw!r}") from None
     if not 1 <= lease_seconds <= 3600:
         raise ConfigError("CONSENTBOT_LEASE_SECONDS", f"must be between 1 and 3600, got {lease_raw}")
-    workers_raw = env.get("CONSENTBOT_WORKERS", "").strip() or str(DEFAULT_WORKERS)
-    if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= MAX_WORKERS:
-        raise ConfigError("CONSENTBOT_WORKERS", f"must be a whole number from 1 to {MAX_WORKERS}, got {workers_raw!r}")
+    workers = _count(env, "CONSENTBOT_WORKERS", DEFAULT_WORKERS)
+    store_slots = _count(env, "CONSENTBOT_STORE_SLOTS", DEFAULT_STORE_SLOTS)
     return Settings(
         lease_seconds=lease_seconds,
-        workers=int(workers_raw),
+        workers=workers,
+        store_slots=store_slots,
         project_dir=project_dir,
         project=project,
         numbers=numbers,

@@ -229,6 +229,7 @@ async def build_services(
         on_notices=privacy.register_notices,
         lease_seconds=lease,
         workers=settings.workers,
+        store_slots=settings.store_slots,
     )
     sender.notify = dispatcher.notify
     poller = Poller(store, dispatcher, sender, owner, lease_seconds=lease)

@@ -125,6 +125,8 @@ def test_missing_project_file(tmp_path: Path) -> None:
         ({"CONSENTBOT_WORKERS": "0"}, "CONSENTBOT_WORKERS"),
         ({"CONSENTBOT_WORKERS": "many"}, "CONSENTBOT_WORKERS"),
         ({"CONSENTBOT_WORKERS": "20000"}, "CONSENTBOT_WORKERS"),
+        ({"CONSENTBOT_STORE_SLOTS": "0"}, "CONSENTBOT_STORE_SLOTS"),
+        ({"CONSENTBOT_STORE_SLOTS": "-3"}, "CONSENTBOT_STORE_SLOTS"),
     ],
 )
 def test_bad_environment_names_the_variable(project: Path, env: dict[str, str], key: str) -> None:
@@ -136,6 +138,8 @@ def test_bad_environment_names_the_variable(project: Path, env: dict[str, str], 
 def test_dispatcher_workers_default_and_from_environment(project: Path) -> None:
     assert load_settings(project, env={}).workers == 256
     assert load_settings(project, env={"CONSENTBOT_WORKERS": " 32 "}).workers == 32
+    assert load_settings(project, env={}).store_slots == 16
+    assert load_settings(project, env={"CONSENTBOT_STORE_SLOTS": "64"}).store_slots == 64
 
 
 def test_phone_number_from_environment_is_added(project: Path) -> None:

@@ -39,11 +39,11 @@ log = logging.getLogger("consentbot.dispatcher")
 CONSENT_ERROR = 131050
 STATUS_RETRIES = 20  # polls (about 0.5 s apart, after a 2 s grace) a status waits for its message's wamid
 FINISHED_HORIZON = 60.0  # seconds a finished turn is remembered (far longer than a poller query takes)
-MAX_ATTEMPTS = 5
-# Turns doing database work at once. Workers are many (each waits for its sends, which take as long as
-# Meta does), but a slow database should serve the webhook's inbox writes first: a turn gives its slot
-# up while the Graph API answers.
-STORE_SLOTS = 16  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
+MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
+# Turns doing database work at once (CONSENTBOT_STORE_SLOTS). Workers are many (each waits for its
+# sends, which take as long as Meta does), but a slow database should serve the webhook's inbox writes
+# first: a turn gives its slot up while the Graph API answers.
+STORE_SLOTS = 16
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
 

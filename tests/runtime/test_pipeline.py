@@ -543,7 +543,8 @@ async def test_a_turn_gives_up_its_store_slot_while_meta_answers(
     """Turns doing database work are few (a slow database serves the webhook's inbox writes first), but
     a turn waiting for the Graph API holds none: with one store slot, three customers' replies are
     still in flight at once."""
-    env = {"CONSENTBOT_WORKERS": "8", "MONGODB_URI": mongo_uri, "CONSENTBOT_DATABASE": mongo_database}
+    env = {"CONSENTBOT_WORKERS": "8", "CONSENTBOT_STORE_SLOTS": "1", "MONGODB_URI": mongo_uri,
+           "CONSENTBOT_DATABASE": mongo_database}
     running = await start_service(env, store_kind=store_kind)
     in_flight, most = 0, 0
 
@@ -558,7 +559,6 @@ async def test_a_turn_gives_up_its_store_slot_while_meta_answers(
 
     try:
         dispatcher = running.services.components["dispatcher"]
-        dispatcher._store_slots = asyncio.Semaphore(1)
         running.services.components["sender"].client = SlowGraph()
         customers = ["34600000101", "34600000102", "34600000103"]
         for number in customers:
