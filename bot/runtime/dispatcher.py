@@ -303,7 +303,7 @@ class Dispatcher:
         now = self.clock()
         seq = (conversation.version if conversation is not None else 0) + 1
         consumed = turn.conversation.consumed
-        if inbox_ids:
+        if inbox_ids and consumed[-len(inbox_ids):] != inbox_ids:  # the engine records an inbound's own id
             consumed = (*tuple(i for i in consumed if i not in inbox_ids), *inbox_ids)[-64:]
         head = turn.conversation.evolve(version=seq, updated_at=now, consumed=consumed)
         step = Step(

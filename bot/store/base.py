@@ -229,21 +229,19 @@ class StepLog(ABC):
         """The transcript entries :meth:`commit` writes for ``step``: inbound first, then outbound
         (SENDING, ``sent_by="flow"``), all with the conversation's subject and ``at = step.at``."""
         conv = step.conversation
-        ins = [
-            TranscriptEntry(
-                id=f"{step.id}/in/{i}", key=conv.key, subject=conv.subject, direction="in", seq=step.seq,
-                at=step.at, inbound=msg,
-            )
+        sid, key, subject, seq, at = step.id, conv.key, conv.subject, step.seq, step.at
+        entries = [
+            TranscriptEntry(f"{sid}/in/{i}", key, subject, "in", seq, at, inbound=msg)
             for i, msg in enumerate(step.inbound)
         ]
-        outs = [
+        entries.extend(
             TranscriptEntry(
-                id=f"{step.id}/out/{i}", key=conv.key, subject=conv.subject, direction="out", seq=step.seq,
-                at=step.at, outbound=msg, out_state=OutState.SENDING, sent_by="flow",
+                f"{sid}/out/{i}", key, subject, "out", seq, at, outbound=msg, out_state=OutState.SENDING,
+                sent_by="flow",
             )
             for i, msg in enumerate(step.outbox)
-        ]
-        return ins + outs
+        )
+        return entries
 
     @abstractmethod
     async def history(self, key: str, after_seq: int = 0, limit: int = 200) -> list[StepRecord]:

@@ -152,7 +152,7 @@ def _own_conversation(c: Conversation) -> Conversation:
         window_opened_at=millis_opt(c.window_opened_at),
         slots=stored(c.slots),
         consent={p: s if (since := _ms(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()},
-        timers=tuple(t if (due := _ms(t.due)) is t.due else Timer(t.name, due) for t in c.timers),
+        timers=tuple(t if (due := _ms(t.due)) is t.due else Timer(t.name, due) for t in c.timers) if c.timers else (),
     )
 
 
@@ -269,7 +269,8 @@ class MemoryInbox(Inbox):
 
     async def pending(self, conversation_key: str, limit: int = 100) -> list[InboxEntry]:
         rows = list(self._d.pending.get(conversation_key, {}).values())
-        rows.sort(key=lambda r: (r.entry.timestamp, r.order))
+        if len(rows) > 1:
+            rows.sort(key=lambda r: (r.entry.timestamp, r.order))
         return [_copy_inbox(r.entry) for r in rows[:limit]]
 
     async def pending_keys(self, limit: int = 100, not_after: datetime | None = None) -> list[str]:
