@@ -229,7 +229,8 @@ async def test_take_over_reply_and_hand_back(world: World) -> None:
     # while an agent holds the conversation the bot stays quiet
     before = len(world.sim.sent_to(LIVE))
     await world.sim.customer_sends_text(LIVE, "Gracias")
-    await expect(page.locator("#timeline").get_by_text("Gracias")).to_be_visible()
+    # exact: the notice's "No, gracias" button is in the timeline too
+    await expect(page.locator("#timeline").get_by_text("Gracias", exact=True)).to_be_visible()
     await asyncio.sleep(0.5)
     assert len(world.sim.sent_to(LIVE)) == before
     await page.get_by_role("button", name="Hand back to the bot").click()
