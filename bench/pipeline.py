@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import gc
 import json
 import os
 import platform
@@ -298,14 +297,6 @@ class FakeGraph:
             del self.waiters[to]
         return web.json_response({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
                                   "messages": [{"id": wamid, "message_status": "accepted"}]})
-
-    def forget(self) -> None:
-        """Drop what earlier rounds recorded (their checks are done): a load generator whose records keep
-        growing gets slower round after round, and it is what limits the bare handler."""
-        self.replies.clear()
-        self.callbacks.clear()
-        self.waiters.clear()
-        gc.collect()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -568,7 +559,6 @@ async def main(args: argparse.Namespace) -> int:
     graph_url = f"http://127.0.0.1:{graph_port}"
     results: dict[str, dict[str, Any]] = {}
     loads: dict[str, tuple[float, float, float]] = {}
-    rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         workdir = Path(tmp)
         server = None
@@ -580,49 +570,69 @@ async def main(args: argparse.Namespace) -> int:
                 server = EmbeddedServer(":memory:")
                 uri = await server.start()
                 db_pid = server_pid(server)
-            for n in range(args.repeat):
-                graph.forget()
-                results = {}
-                for position, mode in enumerate(modes):
-                    print(f"-- {mode}" + (f" (round {n + 1} of {args.repeat})" if args.repeat > 1 else ""),
-                          file=sys.stderr, flush=True)
-                    index = n * len(modes) + position  # every round's customers are new numbers
-                    results[mode] = await scenario(mode, args, graph, graph_url, workdir, index, uri, db_pid)
-                    loads[mode] = os.getloadavg()
-                    if args.keep_logs:
-                        await asyncio.to_thread(keep_logs, workdir, Path(args.keep_logs))
-                rounds.append(results)
+            for index, mode in enumerate(modes):
+                print(f"-- {mode}", file=sys.stderr, flush=True)
+                results[mode] = await scenario(mode, args, graph, graph_url, workdir, index, uri, db_pid)
+                loads[mode] = os.getloadavg()
+                if args.keep_logs:
+                    await asyncio.to_thread(keep_logs, workdir, Path(args.keep_logs))
         finally:
             if server is not None:
                 await server.stop()
             await runner.cleanup()
     print_report(args, results, loads, load_before, started, graph)
-    if len(rounds) > 1:
-        print_rounds(rounds)
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(summary(results)))
     return 0
 
 
-def print_rounds(rounds: list[dict[str, dict[str, Any]]]) -> None:
+def summary(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per server: replies/s, CPU ms per message, lost + duplicated replies (``--json``)."""
+    out = {}
+    for mode, r in results.items():
+        ph: Phase = r["first"]
+        check = r["first_check"]
+        out[mode] = {"rate": ph.rate, "cpu_ms": 1000 * ph.cpu_server / max(ph.counted, 1),
+                     "bad": check["lost"] + check["dup"] + check["dup_callbacks"]
+                     + r.get("first_transcript", {}).get("transcript_mismatches", 0)}
+    return out
+
+
+def repeat(argv: list[str], n: int) -> int:
+    """Run this bench ``n`` times, each a new process (a load generator that has run for minutes is
+    slower, and it is what limits the bare handler), then print every round and the median share."""
+    rounds = []
+    passthrough = [a for i, a in enumerate(argv) if a != "--repeat" and (i == 0 or argv[i - 1] != "--repeat")]
+    with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
+        for k in range(n):
+            out = Path(tmp) / f"round{k}.json"
+            print(f"== round {k + 1} of {n}", file=sys.stderr, flush=True)
+            done = subprocess.run([sys.executable, __file__, *passthrough, "--json", str(out)], check=False)
+            if done.returncode != 0 or not out.exists():
+                print(f"round {k + 1} failed (exit {done.returncode})", file=sys.stderr)
+                return 1
+            rounds.append(json.loads(out.read_text()))
+    print_rounds(rounds)
+    return 0
+
+
+def print_rounds(rounds: list[dict[str, dict[str, float]]]) -> None:
     """Every round's replies/s and CPU per message, and the memory store's share of the bare handler:
     this machine's speed drifts, so one same-run comparison is not enough to judge the target."""
-    print(f"\n{len(rounds)} rounds (the report above is the last one):\n")
+    print(f"\n{len(rounds)} rounds, each a new bench process:\n")
     print("| round | bare replies/s (CPU ms/msg) | memory replies/s (CPU ms/msg) | memory vs bare | lost/dup |")
     print("|---:|---:|---:|---:|---:|")
     shares = []
     for n, results in enumerate(rounds, start=1):
         bare, memory = results.get("bare"), results.get("memory")
-        cells = [f"{r['first'].rate:,.0f} ({1000 * r['first'].cpu_server / max(r['first'].counted, 1):.2f})"
-                 if r else "—" for r in (bare, memory)]
+        cells = [f"{r['rate']:,.0f} ({r['cpu_ms']:.2f})" if r else "—" for r in (bare, memory)]
         share = "—"
         if bare and memory:
-            shares.append(100 * memory["first"].rate / bare["first"].rate)
+            shares.append(100 * memory["rate"] / bare["rate"])
             share = f"{shares[-1]:.1f} %"
-        bad = sum(r["first_check"]["lost"] + r["first_check"]["dup"] + r["first_check"]["dup_callbacks"]
-                  for r in results.values())
-        print(f"| {n} | {cells[0]} | {cells[1]} | {share} | {bad} |")
-    losses = sum(r["first_check"]["lost"] + r["first_check"]["dup"] + r["first_check"]["dup_callbacks"]
-                 for results in rounds for r in results.values())
-    print(f"\nlost or duplicated replies over all rounds: {losses}")
+        print(f"| {n} | {cells[0]} | {cells[1]} | {share} | {sum(int(r['bad']) for r in results.values())} |")
+    losses = sum(int(r["bad"]) for results in rounds for r in results.values())
+    print(f"\nlost, duplicated or mismatched replies over all rounds: {losses}")
     if shares:
         met = sum(s >= 50 for s in shares)
         print(f"memory vs bare over {len(shares)} rounds: median {statistics.median(shares):.1f} %, "
@@ -722,7 +732,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", default="bare,memory,mongo", help="comma-separated subset of bare,memory,mongo")
     p.add_argument("--returning", type=int, default=0, help="returning customers per ConsentBot run (default 0)")
     p.add_argument("--repeat", type=int, default=1,
-                   help="run every server this many times, alternating, and summarise the rounds (default 1)")
+                   help="run the whole bench this many times, each a new process, and summarise the rounds")
+    p.add_argument("--json", default="", help="also write each server's replies/s, CPU and losses here")
     p.add_argument("--keep-logs", default="", help="copy the servers' logs into this directory")
     p.add_argument("--profile", default="", help="profile the servers; write <dir>/<server>.prof (or .txt)")
     p.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile",
@@ -754,5 +765,7 @@ if __name__ == "__main__":
         prof.dump_stats(ns.profile)
     elif ns.cmd == "_serve":
         asyncio.run(serve(ns))
+    elif ns.repeat > 1:
+        sys.exit(repeat(sys.argv[1:], ns.repeat))
     else:
         sys.exit(asyncio.run(main(ns)))
