@@ -32,6 +32,11 @@ def millis(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
+def millis_opt(value: datetime | None) -> datetime | None:
+    """:func:`millis` of a time that may be missing."""
+    return None if value is None else millis(value)
+
+
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 

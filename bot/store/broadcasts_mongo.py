@@ -33,7 +33,7 @@ from bot.core.conversation import Conversation
 from bot.core.messages import STATUS_RANK, DeliveryStatus
 from bot.errors import NotFound
 from bot.store import indexes as ix
-from bot.store.base import millis
+from bot.store.base import millis, millis_opt
 from bot.store.broadcasts import (
     FINAL_STATES,
     Broadcasts,
@@ -63,18 +63,14 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
-def _ms(value: datetime | None) -> datetime | None:
-    return None if value is None else millis(value)
-
-
 def _campaign_doc(c: Campaign) -> Doc:
     return {
         "_id": c.id, "name": c.name, "template": c.template.to_doc(), "purpose": c.purpose,
         "phone_number_id": c.phone_number_id, "created_at": millis(c.created_at), "updated_at": millis(c.updated_at),
         "locale": c.locale, "segments": [list(s) for s in c.segments], "params": dict(c.params), "rate": c.rate,
         "state": str(c.state), "audience_cursor": c.audience_cursor, "audience_done": c.audience_done,
-        "run_owner": c.run_owner, "run_until": _ms(c.run_until), "started_at": _ms(c.started_at),
-        "finished_at": _ms(c.finished_at), "progress": dict(c.progress), "created_by": c.created_by,
+        "run_owner": c.run_owner, "run_until": millis_opt(c.run_until), "started_at": millis_opt(c.started_at),
+        "finished_at": millis_opt(c.finished_at), "progress": dict(c.progress), "created_by": c.created_by,
     }
 
 
@@ -97,10 +93,10 @@ def _rid(campaign_id: str, subject: str) -> str:
 def _recipient_doc(r: Recipient) -> Doc:
     return {
         "_id": _rid(r.campaign_id, r.subject), "c": r.campaign_id, "s": r.subject, "k": r.key, "st": str(r.state),
-        "seq": r.seq, "reason": r.reason, "detail": r.detail, "owner": r.owner, "attempt_at": _ms(r.attempt_at),
-        "attempts": r.attempts, "finished_at": _ms(r.finished_at), "wamid": r.wamid,
+        "seq": r.seq, "reason": r.reason, "detail": r.detail, "owner": r.owner, "attempt_at": millis_opt(r.attempt_at),
+        "attempts": r.attempts, "finished_at": millis_opt(r.finished_at), "wamid": r.wamid,
         "delivery": None if r.delivery is None else str(r.delivery), "drank": delivery_rank(r.delivery),
-        "delivery_at": _ms(r.delivery_at), "error_code": r.error_code,
+        "delivery_at": millis_opt(r.delivery_at), "error_code": r.error_code,
     }
 
 

@@ -14,7 +14,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
@@ -38,6 +38,7 @@ from bot.store.base import (
     Transcript,
     TranscriptEntry,
     millis,
+    millis_opt,
     stored,
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
@@ -127,32 +128,22 @@ class _Data:
 # truncated to the millisecond, tuples inside documents turned into lists, as a BSON round trip would),
 # and what comes out is copied again. Only the mutable parts are copied: the dataclasses are frozen,
 # and their tuples, strings and nested frozen values can be shared safely.
-def _ms(value: datetime) -> datetime:
-    """``millis(value)``, without building a new value when it is already UTC milliseconds."""
-    if value.microsecond % 1000 == 0 and value.tzinfo is UTC:
-        return value
-    return millis(value)
-
-
-def millis_opt(value: datetime | None) -> datetime | None:
-    """:func:`millis` of a time that may be missing."""
-    return None if value is None else _ms(value)
-
-
 def _copy_inbox(entry: InboxEntry) -> InboxEntry:
-    return evolve(entry, received_at=_ms(entry.received_at), doc=stored(entry.doc))
+    return evolve(entry, received_at=millis(entry.received_at), doc=stored(entry.doc))
 
 
 def _own_conversation(c: Conversation) -> Conversation:
     """The copy the store keeps (every datetime truncated)."""
     return evolve(
         c,
-        created_at=_ms(c.created_at),
-        updated_at=_ms(c.updated_at),
+        created_at=millis(c.created_at),
+        updated_at=millis(c.updated_at),
         window_opened_at=millis_opt(c.window_opened_at),
         slots=stored(c.slots),
-        consent={p: s if (since := _ms(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()},
-        timers=tuple(t if (due := _ms(t.due)) is t.due else Timer(t.name, due) for t in c.timers) if c.timers else (),
+        consent={
+            p: s if (since := millis(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()
+        },
+        timers=tuple(t if (due := millis(t.due)) is t.due else Timer(t.name, due) for t in c.timers),
     )
 
 
@@ -184,20 +175,20 @@ def _own_entry(entry: TranscriptEntry) -> TranscriptEntry:
         entry.delivery_at is None
         and entry.next_attempt_at is None
         and not entry.statuses
-        and _ms(entry.at) is entry.at
+        and millis(entry.at) is entry.at
         and _copy_inbound(entry.inbound) is entry.inbound
         and _copy_outbound(entry.outbound) is entry.outbound
     ):
         return entry  # the common case: a step's new entries
     changes: dict[str, object] = {
-        "at": _ms(entry.at),
+        "at": millis(entry.at),
         "inbound": _copy_inbound(entry.inbound),
         "outbound": _copy_outbound(entry.outbound),
         "delivery_at": millis_opt(entry.delivery_at),
         "next_attempt_at": millis_opt(entry.next_attempt_at),
     }
     if entry.statuses:
-        changes["statuses"] = tuple((s, _ms(t)) for s, t in entry.statuses)
+        changes["statuses"] = tuple((s, millis(t)) for s, t in entry.statuses)
     if all(value is getattr(entry, name) for name, value in changes.items()):
         return entry
     return evolve(entry, **changes)
@@ -212,7 +203,7 @@ def _lend_entry(entry: TranscriptEntry) -> TranscriptEntry:
 
 
 def _settling(outcome: SendOutcome) -> SendOutcome:
-    return outcome if outcome.retry_at is None else evolve(outcome, retry_at=_ms(outcome.retry_at))
+    return outcome if outcome.retry_at is None else evolve(outcome, retry_at=millis(outcome.retry_at))
 
 
 def _queue(data: _Data, row: _OutRow, at: datetime | None) -> None:
@@ -235,7 +226,7 @@ def _index_timers(data: _Data, before: Conversation | None, after: Conversation)
 def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentRecord]:
     records = []
     for draft in drafts:
-        event = evolve(draft, at=_ms(draft.at), evidence=None if draft.evidence is None else stored(draft.evidence))
+        event = evolve(draft, at=millis(draft.at), evidence=None if draft.evidence is None else stored(draft.evidence))
         log = data.consent.setdefault(event.subject, [])
         record = chain(log[-1] if log else None, event)
         log.append(record)
@@ -418,7 +409,7 @@ class MemoryStepLog(StepLog):
         else:
             head.lease_until = lease_until
         record = StepRecord.of(step)  # its tuples hold frozen values only
-        if (at := _ms(step.at)) is not step.at:
+        if (at := millis(step.at)) is not step.at:
             record = evolve(record, at=at)
         self._d.steps.setdefault(conv.key, []).append(record)
         out_ids = []
