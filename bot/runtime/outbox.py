@@ -153,19 +153,19 @@ class Sender:
         an accepted send records ``allowed``, the gate's reason, on the entry."""
         pnid = conversation.phone_number_id if conversation is not None else ""
         started = time.perf_counter()
+        if store_slot is not None:
+            store_slot.release()  # no database work while Meta answers
+        result: Accepted | ChannelError
         try:
-            if store_slot is None:
-                result = await self.client.send(pnid, message, callback_data=entry_id)
-            else:
-                store_slot.release()
-                try:
-                    result = await self.client.send(pnid, message, callback_data=entry_id)
-                finally:
-                    await store_slot.acquire()
+            result = await self.client.send(pnid, message, callback_data=entry_id)
         except ChannelError as exc:
-            self.metrics.send_latency.observe(time.perf_counter() - started)
-            return await self._failed(entry_id, message, conversation, exc, attempts)
+            result = exc
+        finally:
+            if store_slot is not None:
+                await store_slot.acquire()  # the outcome is recorded below
         self.metrics.send_latency.observe(time.perf_counter() - started)
+        if isinstance(result, ChannelError):
+            return await self._failed(entry_id, message, conversation, result, attempts)
         self.metrics.sends.inc(result="accepted")
         await self._settle(entry_id, SendOutcome(OutState.ACCEPTED, wamid=result.wamid, reason=allowed))
         return OutState.ACCEPTED
