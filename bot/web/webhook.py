@@ -132,28 +132,15 @@ def add_webhook_routes(
 
 def _only_known(n: Notification, known: Callable[[str], bool], stats: WebhookStats) -> Notification:
     """Drop every item addressed to a business number this service does not serve."""
-    if len(n.messages) == 1 and not (n.statuses or n.preferences or n.errors) and known(n.messages[0].phone_number_id):
-        return n  # the usual webhook: one message, for a number this service serves
-    cache: dict[str, bool] = {}
-
-    def ok(pnid: str) -> bool:
-        if pnid not in cache:
-            cache[pnid] = bool(known(pnid))
-            if not cache[pnid]:
-                log.warning("webhook for unknown phone_number_id %s ignored", pnid)
-        return cache[pnid]
-
-    messages = tuple(m for m in n.messages if ok(m.phone_number_id))
-    statuses = tuple(s for s in n.statuses if ok(s.phone_number_id))
-    preferences = tuple(p for p in n.preferences if ok(p.phone_number_id))
-    errors = tuple(e for e in n.errors if ok(e.phone_number_id))
-    dropped = (
-        len(n.messages) - len(messages)
-        + len(n.statuses) - len(statuses)
-        + len(n.preferences) - len(preferences)
-        + len(n.errors) - len(errors)
-    )
-    if not dropped:
+    groups = (n.messages, n.statuses, n.preferences, n.errors)
+    unknown = {pnid for pnid in {item.phone_number_id for group in groups for item in group} if not known(pnid)}
+    if not unknown:
         return n
-    stats.unknown_number += dropped
+    for pnid in sorted(unknown):
+        log.warning("webhook for unknown phone_number_id %s ignored", pnid)
+    messages = tuple(m for m in n.messages if m.phone_number_id not in unknown)
+    statuses = tuple(s for s in n.statuses if s.phone_number_id not in unknown)
+    preferences = tuple(p for p in n.preferences if p.phone_number_id not in unknown)
+    errors = tuple(e for e in n.errors if e.phone_number_id not in unknown)
+    stats.unknown_number += sum(map(len, groups)) - len(messages) - len(statuses) - len(preferences) - len(errors)
     return replace(n, messages=messages, statuses=statuses, preferences=preferences, errors=errors)

@@ -21,7 +21,7 @@ from typing import Any
 from bot.core.messages import Outbound, OutboundKind, TemplateRef
 from bot.errors import LimitError
 
-_MAPPING = (dict, Mapping)  # dict first: JSON gives dicts, and a dict check skips the ABC machinery
+JSON_OBJECT = (dict, Mapping)  # for isinstance: dict first (JSON gives dicts) skips the ABC machinery
 
 LIMITS: Mapping[str, int] = MappingProxyType(
     {
@@ -272,7 +272,7 @@ def _check_interactive(inter: Mapping[str, Any]) -> None:
         ids: set[str] = set()
         for i, button in enumerate(buttons):
             where = f"interactive.action.buttons[{i}]"
-            if not isinstance(button, _MAPPING) or button.get("type") != "reply":
+            if not isinstance(button, JSON_OBJECT) or button.get("type") != "reply":
                 raise LimitError(f"{where}.type", 'must be "reply"', repr(button)[:40])
             reply = _obj(button, "reply", f"{where}.reply")
             bid = _length(reply, "id", f"{where}.reply.id", LIMITS["button.id"], required=True)
@@ -292,7 +292,7 @@ def _check_interactive(inter: Mapping[str, Any]) -> None:
     row_ids: set[str] = set()
     for i, section in enumerate(sections):
         where = f"interactive.action.sections[{i}]"
-        if not isinstance(section, _MAPPING):
+        if not isinstance(section, JSON_OBJECT):
             raise LimitError(where, "an object", type(section).__name__)
         _length(section, "title", f"{where}.title", LIMITS["list.section.title"], required=len(sections) > 1)
         rows = _array(section, "rows", f"{where}.rows")
@@ -300,7 +300,7 @@ def _check_interactive(inter: Mapping[str, Any]) -> None:
             raise LimitError(f"{where}.rows", "at least 1 row", 0)
         for j, row in enumerate(rows):
             rwhere = f"{where}.rows[{j}]"
-            if not isinstance(row, _MAPPING):
+            if not isinstance(row, JSON_OBJECT):
                 raise LimitError(rwhere, "an object", type(row).__name__)
             rid = _length(row, "id", f"{rwhere}.id", LIMITS["list.row.id"], required=True)
             _length(row, "title", f"{rwhere}.title", LIMITS["list.row.title"], required=True)
@@ -326,7 +326,7 @@ def _check_template(template: Mapping[str, Any]) -> None:
     buttons = 0
     for i, comp in enumerate(components):
         where = f"template.components[{i}]"
-        if not isinstance(comp, _MAPPING) or not isinstance(comp.get("type"), str):
+        if not isinstance(comp, JSON_OBJECT) or not isinstance(comp.get("type"), str):
             raise LimitError(f"{where}.type", "an object with a type", repr(comp)[:40])
         params = comp.get("parameters", [])
         if not isinstance(params, list):
@@ -339,11 +339,11 @@ def _check_template(template: Mapping[str, Any]) -> None:
             counts[sub] += 1
         if sub == "copy_code":
             for k, p in enumerate(params):
-                if isinstance(p, _MAPPING) and "coupon_code" in p:
+                if isinstance(p, JSON_OBJECT) and "coupon_code" in p:
                     _length(p, "coupon_code", f"{where}.parameters[{k}].coupon_code", LIMITS["template.copy_code"])
         if sub == "quick_reply":
             for k, p in enumerate(params):
-                if not isinstance(p, _MAPPING) or p.get("type") != "payload":
+                if not isinstance(p, JSON_OBJECT) or p.get("type") != "payload":
                     raise LimitError(f"{where}.parameters[{k}].type", 'must be "payload"', repr(p)[:40])
                 _length(p, "payload", f"{where}.parameters[{k}].payload", 1000, required=True)
     if buttons > LIMITS["template.buttons.max"]:
@@ -368,7 +368,7 @@ def _text(obj: Mapping[str, Any], key: str, where: str | None = None) -> str:
 
 def _obj(obj: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
     value = obj.get(key)
-    if not isinstance(value, _MAPPING):
+    if not isinstance(value, JSON_OBJECT):
         raise LimitError(where or key, "an object (required)", type(value).__name__)
     return value
 

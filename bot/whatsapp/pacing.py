@@ -112,17 +112,17 @@ class Pacer:
         when the send is really about to happen, so a customer who must wait does not hold up others.
         """
         started = now = self.clock()
+        waited = False
         if recipient is not None:
             start = self.reserve_pair(phone_number_id, recipient, started)
             if start > started:
                 await self.sleep(start - started)
-                now = self.clock()
+                now, waited = self.clock(), True
         start = self.reserve_number(phone_number_id, now)
         if start > now:
             await self.sleep(start - now)
-        elif now is started:
-            return 0.0  # no wait at all (the usual case): no third reading of the clock
-        return max(0.0, self.clock() - started)
+            waited = True
+        return max(0.0, self.clock() - started) if waited else 0.0
 
     def penalize_pair(self, phone_number_id: str, recipient: str, seconds: float, now: float) -> None:
         """After 131056: nothing more to this customer for ``seconds``; other customers keep flowing."""

@@ -32,9 +32,7 @@ from bot.core.messages import (
     StatusUpdate,
 )
 from bot.errors import PayloadError
-from bot.whatsapp.outgoing import LIMITS, check_body, mark_read_body, message_body, recipient_fields
-
-_MAPPING = (dict, Mapping)  # dict first: JSON gives dicts, and a dict check skips the ABC machinery
+from bot.whatsapp.outgoing import JSON_OBJECT, LIMITS, check_body, mark_read_body, message_body, recipient_fields
 
 __all__ = [
     "LIMITS",
@@ -99,7 +97,7 @@ def parse_raw(raw: bytes) -> Notification:
 
 def parse_notification(body: object) -> Notification:
     """Parse a decoded webhook body. Only :class:`PayloadError` escapes (top level is not WhatsApp)."""
-    if not isinstance(body, _MAPPING):
+    if not isinstance(body, JSON_OBJECT):
         raise PayloadError(f"webhook body: expected a JSON object, got {type(body).__name__}")
     if body.get("object") != OBJECT:
         raise PayloadError(f"webhook body: object is {_short(body.get('object'))}, expected {OBJECT!r}")
@@ -108,7 +106,7 @@ def parse_notification(body: object) -> Notification:
         raise PayloadError("webhook body: entry must be an array")
     out = _Collector()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, _MAPPING):
+        if not isinstance(entry, JSON_OBJECT):
             out.problem(f"entry[{i}]", "not an object")
             continue
         changes = entry.get("changes")
@@ -146,17 +144,17 @@ class _Collector:
 def _change(out: _Collector, i: int, j: int, change: object) -> None:
     """Parse ``entry[i].changes[j]`` (where a problem is reported: built only when there is one)."""
     where = f"entry[{i}].changes[{j}]"
-    if not isinstance(change, _MAPPING):
+    if not isinstance(change, JSON_OBJECT):
         raise _Skip("not an object")
     field = change.get("field")
     if field not in ("messages", "user_preferences"):
         out.problem(where, f"field {_short(field)} ignored")
         return
     value = change.get("value")
-    if not isinstance(value, _MAPPING):
+    if not isinstance(value, JSON_OBJECT):
         raise _Skip("value missing or not an object")
     metadata = value.get("metadata")
-    pnid = metadata.get("phone_number_id") if isinstance(metadata, _MAPPING) else None
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, JSON_OBJECT) else None
     if not isinstance(pnid, str) or not pnid:
         raise _Skip("value.metadata.phone_number_id missing")
     contacts = _Contacts(value.get("contacts"))
@@ -193,7 +191,7 @@ class _Contacts:
         if not isinstance(raw, list):
             return
         for c in raw:
-            if not isinstance(c, _MAPPING):
+            if not isinstance(c, JSON_OBJECT):
                 continue
             wa = _wa_id(c.get("wa_id"))
             if wa:
@@ -245,7 +243,7 @@ def _user_id(raw: object) -> str | None:
 
 # --- messages ------------------------------------------------------------------------------------
 def _message(out: _Collector, pnid: str, contacts: _Contacts, m: object) -> None:
-    if not isinstance(m, _MAPPING):
+    if not isinstance(m, JSON_OBJECT):
         raise _Skip("not an object")
     wamid = m.get("id")
     if not isinstance(wamid, str) or not wamid:
@@ -253,7 +251,7 @@ def _message(out: _Collector, pnid: str, contacts: _Contacts, m: object) -> None
     timestamp = _timestamp(m.get("timestamp"))
     subject, wa, uid, contact = _identity(contacts, m.get("from"), m.get("from_user_id"))
     profile = contact.get("profile")
-    name = profile.get("name") if isinstance(profile, _MAPPING) else None
+    name = profile.get("name") if isinstance(profile, JSON_OBJECT) else None
     fields: dict[str, Any] = {
         "id": wamid,
         "phone_number_id": pnid,
@@ -264,10 +262,10 @@ def _message(out: _Collector, pnid: str, contacts: _Contacts, m: object) -> None
         "profile_name": name if isinstance(name, str) else None,
     }
     data: dict[str, Any] = {}
-    if isinstance(profile, _MAPPING) and isinstance(profile.get("username"), str):
+    if isinstance(profile, JSON_OBJECT) and isinstance(profile.get("username"), str):
         data["username"] = profile["username"]
     context = m.get("context")
-    if isinstance(context, _MAPPING):
+    if isinstance(context, JSON_OBJECT):
         cid = context.get("id")
         fields["context_id"] = cid if isinstance(cid, str) and cid else None
         fields["forwarded"] = context.get("forwarded") is True or context.get("frequently_forwarded") is True
@@ -278,7 +276,7 @@ def _message(out: _Collector, pnid: str, contacts: _Contacts, m: object) -> None
         if isinstance(context.get("from"), str):
             data["context_from"] = context["from"]
     referral = m.get("referral")
-    if isinstance(referral, _MAPPING):
+    if isinstance(referral, JSON_OBJECT):
         fields["referral"] = _plain(referral)
     errors = m.get("errors")
     if isinstance(errors, list):
@@ -295,7 +293,7 @@ def _content(m: Mapping[str, Any]) -> tuple[InboundKind, dict[str, Any]]:
     """(kind, extra Inbound fields incl. ``data``) for the type-specific object of a message."""
     mtype = m.get("type")
     obj = m.get(mtype) if isinstance(mtype, str) else None
-    obj = obj if isinstance(obj, _MAPPING) else {}
+    obj = obj if isinstance(obj, JSON_OBJECT) else {}
     if mtype == "text":
         return InboundKind.TEXT, {"text": _str(obj.get("body"))}
     if mtype == "interactive":
@@ -324,12 +322,12 @@ def _content(m: Mapping[str, Any]) -> tuple[InboundKind, dict[str, Any]]:
     if mtype == "edit":
         inner = obj.get("message")
         inner_text = None
-        if isinstance(inner, _MAPPING):
+        if isinstance(inner, JSON_OBJECT):
             inner_obj = inner.get("text")
-            inner_text = _str(inner_obj.get("body")) if isinstance(inner_obj, _MAPPING) else None
+            inner_text = _str(inner_obj.get("body")) if isinstance(inner_obj, JSON_OBJECT) else None
             if inner_text is None:
                 inner_obj = inner.get(inner.get("type")) if isinstance(inner.get("type"), str) else None
-                inner_text = _str(inner_obj.get("caption")) if isinstance(inner_obj, _MAPPING) else None
+                inner_text = _str(inner_obj.get("caption")) if isinstance(inner_obj, JSON_OBJECT) else None
         data = {"original_message_id": _str(obj.get("original_message_id")) or "", "message": _plain(inner)}
         return InboundKind.EDIT, {"text": inner_text, "data": data}
     if mtype == "revoke":
@@ -343,7 +341,7 @@ def _content(m: Mapping[str, Any]) -> tuple[InboundKind, dict[str, Any]]:
 def _interactive(m: Mapping[str, Any], obj: Mapping[str, Any]) -> tuple[InboundKind, dict[str, Any]]:
     sub = obj.get("type")
     reply = obj.get(sub) if isinstance(sub, str) else None
-    if not isinstance(reply, _MAPPING):
+    if not isinstance(reply, JSON_OBJECT):
         return InboundKind.UNKNOWN, {"data": {"type": f"interactive.{_str(sub) or ''}", "raw": _plain(m)}}
     if sub == "button_reply":
         return InboundKind.BUTTON_REPLY, {"payload": _str(reply.get("id")), "text": _str(reply.get("title"))}
@@ -362,7 +360,7 @@ def _interactive(m: Mapping[str, Any], obj: Mapping[str, Any]) -> tuple[InboundK
                 response = _plain(json.loads(raw_json, parse_constant=_reject_constant))
             except (ValueError, RecursionError):
                 response = None
-        elif isinstance(raw_json, _MAPPING):
+        elif isinstance(raw_json, JSON_OBJECT):
             response = _plain(raw_json)
         token = response.get("flow_token") if isinstance(response, dict) else None
         data = {"response": response, "name": _str(reply.get("name")) or "", "body": _str(reply.get("body")) or ""}
@@ -378,7 +376,7 @@ def _interactive(m: Mapping[str, Any], obj: Mapping[str, Any]) -> tuple[InboundK
 
 # --- statuses, errors, preferences ---------------------------------------------------------------
 def _status(out: _Collector, pnid: str, contacts: _Contacts, s: object) -> None:
-    if not isinstance(s, _MAPPING):
+    if not isinstance(s, JSON_OBJECT):
         raise _Skip("not an object")
     wamid = s.get("id")
     if not isinstance(wamid, str) or not wamid:
@@ -406,7 +404,7 @@ def _status(out: _Collector, pnid: str, contacts: _Contacts, s: object) -> None:
             recipient=recipient,
             subject=subject,
             errors=_error_infos(out, errors) if isinstance(errors, list) else (),
-            pricing=_plain(pricing) if isinstance(pricing, _MAPPING) else None,
+            pricing=_plain(pricing) if isinstance(pricing, JSON_OBJECT) else None,
             callback_data=callback if isinstance(callback, str) else None,
         )
     )
@@ -415,7 +413,7 @@ def _status(out: _Collector, pnid: str, contacts: _Contacts, s: object) -> None:
 def _error_item(out: _Collector, pnid: str, contacts: _Contacts, e: object) -> None:
     info = _error_info(e)
     timestamp = 0
-    if isinstance(e, _MAPPING) and "timestamp" in e:
+    if isinstance(e, JSON_OBJECT) and "timestamp" in e:
         try:
             timestamp = _timestamp(e["timestamp"])
         except _Skip:
@@ -424,7 +422,7 @@ def _error_item(out: _Collector, pnid: str, contacts: _Contacts, e: object) -> N
 
 
 def _preference(out: _Collector, pnid: str, contacts: _Contacts, p: object) -> None:
-    if not isinstance(p, _MAPPING):
+    if not isinstance(p, JSON_OBJECT):
         raise _Skip("not an object")
     subject, wa, _, _ = _identity(contacts, p.get("wa_id"), p.get("user_id"))
     category = p.get("category")
@@ -456,13 +454,13 @@ def _error_infos(out: _Collector, errors: list[Any]) -> tuple[ErrorInfo, ...]:
 
 
 def _error_info(e: object) -> ErrorInfo:
-    if not isinstance(e, _MAPPING):
+    if not isinstance(e, JSON_OBJECT):
         raise _Skip("error is not an object")
     code = _int(e.get("code"))
     if code is None:
         raise _Skip("error code missing or not an integer")
     error_data = e.get("error_data")
-    details = error_data.get("details") if isinstance(error_data, _MAPPING) else error_data
+    details = error_data.get("details") if isinstance(error_data, JSON_OBJECT) else error_data
     return ErrorInfo(
         code=code,
         title=_str(e.get("title")) or "",
@@ -528,7 +526,7 @@ def _plain(obj: object, depth: int = 0) -> Any:
         return obj if math.isfinite(obj) else None
     if depth >= MAX_DEPTH:
         return None
-    if isinstance(obj, _MAPPING):
+    if isinstance(obj, JSON_OBJECT):
         return {str(k): _plain(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_plain(v, depth + 1) for v in obj]
