@@ -67,7 +67,9 @@ class NumberSettings:
 # A dispatcher worker runs one conversation's turn, its sends included, so a process answers at most
 # about workers / (Graph API latency) messages per second: 256 keeps up with 1,000/s if a send takes 250 ms.
 DEFAULT_WORKERS = 256
-DEFAULT_STORE_SLOTS = 16  # a slow database serves the webhook's inbox writes before every turn's reads
+# Of those, the turns doing database work at once: a slow database should serve the webhook's inbox
+# writes first, and a turn gives its slot up while the Graph API answers.
+DEFAULT_STORE_SLOTS = 16
 MAX_WORKERS = 10_000
 
 

@@ -32,6 +32,7 @@ from bot.runtime.inbox import ERROR_SIGNAL, STATUS_KEY_PREFIX, consent_error_ent
 from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Sender
 from bot.runtime.turn import Decider, Event, Signal, Turn
+from bot.settings import DEFAULT_STORE_SLOTS, DEFAULT_WORKERS
 from bot.store.base import InboxEntry, InboxKind, Store
 
 log = logging.getLogger("consentbot.dispatcher")
@@ -40,10 +41,6 @@ CONSENT_ERROR = 131050
 STATUS_RETRIES = 20  # polls (about 0.5 s apart, after a 2 s grace) a status waits for its message's wamid
 FINISHED_HORIZON = 60.0  # seconds a finished turn is remembered (far longer than a poller query takes)
 MAX_ATTEMPTS = 5  # an entry that fails this often is parked (logged, marked done) instead of blocking its queue
-# Turns doing database work at once (CONSENTBOT_STORE_SLOTS). Workers are many (each waits for its
-# sends, which take as long as Meta does), but a slow database should serve the webhook's inbox writes
-# first: a turn gives its slot up while the Graph API answers.
-STORE_SLOTS = 16
 
 RequestHandler = Callable[[str, Conversation, datetime], Awaitable[None]]
 
@@ -77,10 +74,8 @@ class TimerWork:
     name: str
 
 
-def _notice_key(notice: Any) -> tuple[str, str, str]:
-    if type(notice) is NoticeText:
-        return (notice.version, notice.locale, notice.sha256)
-    return (str(getattr(notice, "version", "")), str(getattr(notice, "locale", "")), str(getattr(notice, "sha256", "")))
+def _notice_key(notice: NoticeText) -> tuple[str, str, str]:
+    return (notice.version, notice.locale, notice.sha256)
 
 
 class Dispatcher:
@@ -92,8 +87,8 @@ class Dispatcher:
         metrics: Metrics,
         owner: str,
         *,
-        workers: int = 16,
-        store_slots: int = STORE_SLOTS,
+        workers: int = DEFAULT_WORKERS,
+        store_slots: int = DEFAULT_STORE_SLOTS,
         queue_size: int = 10_000,
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,

@@ -15,6 +15,7 @@ from bot.core.consent import ConsentEventDraft
 from bot.core.conversation import Conversation, Timer, Transition
 from bot.core.frozen import quick_init
 from bot.core.messages import Inbound, Outbound
+from bot.core.rendering import NoticeText
 
 
 @quick_init
@@ -41,7 +42,7 @@ class Turn:
     transitions: tuple[Transition, ...] = ()
     outbox: tuple[Outbound, ...] = ()
     consent: tuple[ConsentEventDraft, ...] = ()
-    notices: tuple[Any, ...] = ()  # notice texts shown (stored immutably by the ledger)
+    notices: tuple[NoticeText, ...] = ()  # notice texts shown (stored immutably by the ledger)
     requests: tuple[str, ...] = ()  # "export", "erase", "human"
 
 
