@@ -209,7 +209,7 @@ async def run(uri: str, steps: int, concurrency: int, rounds: int) -> None:
     msg = Inbound(id=wamid, phone_number_id="1000", subject="34600000099", timestamp=1, kind=InboundKind.TEXT,
                   text="hola")
     counter.commands, counter.names = 0, {}
-    await store.inbox.put([InboxEntry(wamid, key, InboxKind.MESSAGE, 1, now, msg.to_doc())])
+    await store.inbox.put([InboxEntry(wamid, key, InboxKind.MESSAGE, 1, now, msg)])
     lease = await store.conversations.acquire(key, OWNER, now, LEASE)
     assert lease.acquired
     pending = await store.inbox.pending(key)

@@ -33,7 +33,7 @@ from bot.runtime.metrics import Metrics
 from bot.runtime.outbox import Sender
 from bot.runtime.turn import Decider, Event, Signal, Turn
 from bot.settings import DEFAULT_STORE_SLOTS, DEFAULT_WORKERS
-from bot.store.base import InboxEntry, InboxKind, Store
+from bot.store.base import InboxEntry, Store
 
 log = logging.getLogger("consentbot.dispatcher")
 
@@ -259,12 +259,11 @@ class Dispatcher:
         event: Event
         cause = Cause.INBOUND
         inbound: tuple[Inbound, ...] = ()
-        if entry.kind is InboxKind.MESSAGE:
-            msg = Inbound.from_doc(entry.doc)
+        msg = entry.event
+        if isinstance(msg, Inbound):
             event, inbound = msg, (msg,)
             pnid, subject = msg.phone_number_id, msg.subject
-        elif entry.kind is InboxKind.PREFERENCE:
-            pref = PreferenceUpdate.from_doc(entry.doc)
+        elif isinstance(pref := entry.event, PreferenceUpdate):
             if pref.detail.startswith(ERROR_SIGNAL):
                 kind = "error_131050"
                 evidence = {"message_id": pref.detail.removeprefix(ERROR_SIGNAL)}
@@ -357,14 +356,12 @@ class Dispatcher:
         entries = await self.store.inbox.pending(key, limit=500)
         done: list[str] = []
         for entry in entries:
-            if entry.kind is InboxKind.STATUS:
-                update = StatusUpdate.from_doc(entry.doc)
-                if not await self._apply_status(update):
-                    # A status can overtake the send's own answer (Meta is fast, our settle write is not
-                    # done yet): keep it for the poller, a bounded number of times.
-                    if await self.store.inbox.bump_attempts(entry.id) < STATUS_RETRIES:
-                        continue
-                    log.info("status for an unknown message dropped", extra={"wamid": update.message_id})
+            if isinstance(update := entry.event, StatusUpdate) and not await self._apply_status(update):
+                # A status can overtake the send's own answer (Meta is fast, our settle write is not
+                # done yet): keep it for the poller, a bounded number of times.
+                if await self.store.inbox.bump_attempts(entry.id) < STATUS_RETRIES:
+                    continue
+                log.info("status for an unknown message dropped", extra={"wamid": update.message_id})
             done.append(entry.id)
         if done:
             await self.store.inbox.mark_done(done, self.clock())

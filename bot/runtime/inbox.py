@@ -50,7 +50,7 @@ def entries_for(notification: NotificationLike, now: datetime) -> list[InboxEntr
                 kind=InboxKind.MESSAGE,
                 timestamp=m.timestamp,
                 received_at=now,
-                doc=m.to_doc(),
+                event=m,
             )
         )
     for s in notification.statuses:
@@ -61,7 +61,7 @@ def entries_for(notification: NotificationLike, now: datetime) -> list[InboxEntr
                 kind=InboxKind.STATUS,
                 timestamp=s.timestamp,
                 received_at=now,
-                doc=s.to_doc(),
+                event=s,
             )
         )
     for p in notification.preferences:
@@ -72,7 +72,7 @@ def entries_for(notification: NotificationLike, now: datetime) -> list[InboxEntr
                 kind=InboxKind.PREFERENCE,
                 timestamp=p.timestamp,
                 received_at=now,
-                doc=p.to_doc(),
+                event=p,
             )
         )
     return out
@@ -96,7 +96,7 @@ def consent_error_entry(key: str, subject: str, message_ref: str, timestamp: int
         kind=InboxKind.PREFERENCE,
         timestamp=timestamp,
         received_at=now,
-        doc=signal.to_doc(),
+        event=signal,
     )
 
 

@@ -18,7 +18,15 @@ from typing import Any
 from bot.core.consent import ConsentRecord
 from bot.core.conversation import Conversation, Step, Timer, Transition
 from bot.core.frozen import quick_init
-from bot.core.messages import Category, DeliveryStatus, ErrorInfo, Inbound, Outbound, StatusUpdate
+from bot.core.messages import (
+    Category,
+    DeliveryStatus,
+    ErrorInfo,
+    Inbound,
+    Outbound,
+    PreferenceUpdate,
+    StatusUpdate,
+)
 
 
 def millis(value: datetime) -> datetime:
@@ -61,23 +69,29 @@ def stored(value: Any) -> Any:
 
 # --- inbox ---------------------------------------------------------------------------------------
 class InboxKind(StrEnum):
-    MESSAGE = "message"  # doc = Inbound.to_doc()
-    STATUS = "status"  # doc = StatusUpdate.to_doc()
-    PREFERENCE = "preference"  # doc = PreferenceUpdate.to_doc()
+    MESSAGE = "message"  # event: Inbound
+    STATUS = "status"  # event: StatusUpdate
+    PREFERENCE = "preference"  # event: PreferenceUpdate
+
+
+InboxEvent = Inbound | StatusUpdate | PreferenceUpdate
 
 
 @quick_init
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """One inbound event waiting to be processed. ``id`` is Meta's id (wamid for messages,
-    ``wamid:status`` for statuses, ``PreferenceUpdate.key`` for preferences): the deduplication key."""
+    ``wamid:status`` for statuses, ``PreferenceUpdate.key`` for preferences): the deduplication key.
+
+    ``event`` is the parsed value itself (its type matches ``kind``); a store that keeps documents
+    writes ``event.to_doc()`` and reads it back with the matching ``from_doc``."""
 
     id: str
     conversation_key: str
     kind: InboxKind
     timestamp: int  # Meta's timestamp (unix seconds): the processing order within a conversation
     received_at: datetime
-    doc: dict[str, Any]
+    event: InboxEvent
     attempts: int = 0
 
 

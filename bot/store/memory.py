@@ -29,6 +29,7 @@ from bot.store.base import (
     Conversations,
     Inbox,
     InboxEntry,
+    InboxEvent,
     Lease,
     OutState,
     SendOutcome,
@@ -128,8 +129,26 @@ class _Data:
 # truncated to the millisecond, tuples inside documents turned into lists, as a BSON round trip would),
 # and what comes out is copied again. Only the mutable parts are copied: the dataclasses are frozen,
 # and their tuples, strings and nested frozen values can be shared safely.
-def _copy_inbox(entry: InboxEntry) -> InboxEntry:
-    return evolve(entry, received_at=millis(entry.received_at), doc=stored(entry.doc))
+def _copy_event(event: InboxEvent) -> InboxEvent:
+    """``event`` itself unless it holds a dict (a message's data or referral, a status's pricing)."""
+    if isinstance(event, Inbound):
+        return _copy_message(event)
+    if isinstance(event, StatusUpdate) and event.pricing is not None:
+        return evolve(event, pricing=stored(event.pricing))
+    return event
+
+
+def _own_inbox(entry: InboxEntry) -> InboxEntry:
+    """The copy the store keeps (its time truncated); ``entry`` itself when nothing in it needs it."""
+    event, received_at = _copy_event(entry.event), millis(entry.received_at)
+    if event is entry.event and received_at is entry.received_at:
+        return entry
+    return evolve(entry, received_at=received_at, event=event)
+
+
+def _lend_inbox(entry: InboxEntry) -> InboxEntry:
+    event = _copy_event(entry.event)
+    return entry if event is entry.event else evolve(entry, event=event)
 
 
 def _own_conversation(c: Conversation) -> Conversation:
@@ -157,7 +176,11 @@ def _copy_template(t: TemplateRef | None) -> TemplateRef | None:
 
 
 def _copy_inbound(m: Inbound | None) -> Inbound | None:
-    if m is None or (not m.data and m.referral is None):
+    return None if m is None else _copy_message(m)
+
+
+def _copy_message(m: Inbound) -> Inbound:
+    if not m.data and m.referral is None:
         return m
     return evolve(m, data=stored(m.data), referral=None if m.referral is None else stored(m.referral))
 
@@ -252,7 +275,7 @@ class MemoryInbox(Inbox):
         new = 0
         for entry in entries:
             if entry.id not in self._d.inbox:
-                row = _InboxRow(_copy_inbox(entry), next(self._d.counter))
+                row = _InboxRow(_own_inbox(entry), next(self._d.counter))
                 self._d.inbox[entry.id] = row
                 self._d.pending.setdefault(entry.conversation_key, {})[entry.id] = row
                 new += 1
@@ -262,7 +285,7 @@ class MemoryInbox(Inbox):
         rows = list(self._d.pending.get(conversation_key, {}).values())
         if len(rows) > 1:
             rows.sort(key=lambda r: (r.entry.timestamp, r.order))
-        return [_copy_inbox(r.entry) for r in rows[:limit]]
+        return [_lend_inbox(r.entry) for r in rows[:limit]]
 
     async def pending_keys(self, limit: int = 100, not_after: datetime | None = None) -> list[str]:
         oldest: dict[str, tuple[datetime, int]] = {}

@@ -52,7 +52,16 @@ from pymongo.operations import IndexModel
 
 from bot.core.consent import ConsentEventDraft, ConsentRecord, chain
 from bot.core.conversation import Conversation, Step, Timer
-from bot.core.messages import STATUS_RANK, Category, DeliveryStatus, ErrorInfo, Inbound, Outbound, StatusUpdate
+from bot.core.messages import (
+    STATUS_RANK,
+    Category,
+    DeliveryStatus,
+    ErrorInfo,
+    Inbound,
+    Outbound,
+    PreferenceUpdate,
+    StatusUpdate,
+)
 from bot.errors import ConfigError, NotFound, StaleVersion, StoreError, StoreUnavailable
 from bot.store import indexes as ix
 from bot.store.base import (
@@ -188,14 +197,22 @@ def _entry(doc: Doc) -> TranscriptEntry:
     )
 
 
+_EVENT_TYPES: dict[InboxKind, type[Inbound] | type[StatusUpdate] | type[PreferenceUpdate]] = {
+    InboxKind.MESSAGE: Inbound,
+    InboxKind.STATUS: StatusUpdate,
+    InboxKind.PREFERENCE: PreferenceUpdate,
+}
+
+
 def _inbox_entry(doc: Doc) -> InboxEntry:
+    kind = InboxKind(doc["kind"])
     return InboxEntry(
         id=doc["_id"],
         conversation_key=doc["key"],
-        kind=InboxKind(doc["kind"]),
+        kind=kind,
         timestamp=doc["ts"],
         received_at=doc["received_at"],
-        doc=doc["doc"],
+        event=_EVENT_TYPES[kind].from_doc(doc["doc"]),
         attempts=doc.get("attempts", 0),
     )
 
@@ -250,7 +267,7 @@ class MongoInbox(Inbox):
         docs = [
             {
                 "_id": e.id, "key": e.conversation_key, "kind": str(e.kind), "ts": e.timestamp,
-                "order": ObjectId(), "received_at": e.received_at, "doc": e.doc, "attempts": e.attempts,
+                "order": ObjectId(), "received_at": e.received_at, "doc": e.event.to_doc(), "attempts": e.attempts,
                 "done": False,
             }
             for e in entries

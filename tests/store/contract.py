@@ -55,7 +55,7 @@ def inbox_entry(entry_id: str, key: str = "1000:34600000001", ts: int = 100, sec
     msg = Inbound(id=entry_id, phone_number_id=PNID, subject=key.split(":")[1], timestamp=ts,
                   kind=InboundKind.TEXT, text=f"hello {entry_id}")
     return InboxEntry(id=entry_id, conversation_key=key, kind=InboxKind.MESSAGE, timestamp=ts,
-                      received_at=at(seconds), doc=msg.to_doc())
+                      received_at=at(seconds), event=msg)
 
 
 def conversation(subject: str = "34600000001", version: int = 1, state: str = "start", **changes: object) -> Conversation:
@@ -555,13 +555,31 @@ class StoreContract:
             assert got_out.template.components[0]["parameters"][0]["text"] == "Ana"
             got_in.data["tags"].append("read-then-changed")
             got_out.template.components[0]["parameters"][0]["text"] = "read-then-changed"
-        entry = inbox_entry("doc")
+        base = inbox_entry("doc")
+        assert isinstance(base.event, Inbound)
+        entry = replace(base, event=replace(base.event, data={"tags": ["x"]}, referral={"a": {"b": 1}}))
         await store.inbox.put([entry])
-        entry.doc["text"] = "written-after"
-        (pending,) = await store.inbox.pending(entry.conversation_key)
-        assert pending.doc["text"] == "hello doc"
-        pending.doc["text"] = "read-then-changed"
-        assert (await store.inbox.pending(entry.conversation_key))[0].doc["text"] == "hello doc"
+        assert isinstance(entry.event, Inbound) and entry.event.referral is not None
+        entry.event.data["tags"].append("written-after")
+        entry.event.referral["a"]["b"] = 2
+        for _ in range(2):
+            (pending,) = await store.inbox.pending(entry.conversation_key)
+            assert isinstance(pending.event, Inbound) and pending.event.referral is not None
+            assert pending.event.text == "hello doc"
+            assert pending.event.data == {"tags": ["x"]} and pending.event.referral == {"a": {"b": 1}}
+            pending.event.data["tags"].append("read-then-changed")
+            pending.event.referral["a"]["b"] = 3
+        update = StatusUpdate(message_id="wamid.p", phone_number_id=PNID, status=DeliveryStatus.SENT, timestamp=100,
+                              pricing={"billable": True, "category": ["utility"]})
+        await store.inbox.put([InboxEntry(id=update.key, conversation_key="status:" + PNID, kind=InboxKind.STATUS,
+                                          timestamp=100, received_at=at(0), event=update)])
+        assert update.pricing is not None
+        update.pricing["category"].append("written-after")
+        for _ in range(2):
+            (got,) = await store.inbox.pending("status:" + PNID)
+            assert isinstance(got.event, StatusUpdate) and got.event.pricing is not None
+            assert got.event == replace(update, pricing={"billable": True, "category": ["utility"]})
+            got.event.pricing["category"].append("read-then-changed")
 
     # --- erasure and health ----------------------------------------------------------------------
     async def test_erasure_deletes_everything_of_a_conversation(self, store: Store) -> None:
