@@ -165,6 +165,8 @@ class Dispatcher:
         self._queued.add(item)
 
     async def _worker(self) -> None:
+        slot = _TurnSlot(self._store_slots)  # this worker's, for every turn it runs (each task has its context)
+        _TURN_SLOT.set(slot)
         while True:
             item = await self._queue.get()
             self._queued.discard(item)
@@ -176,8 +178,6 @@ class Dispatcher:
                 continue
             self._busy.add(key)
             token = logs.conversation.set(key)
-            slot = _TurnSlot(self._store_slots)
-            slot_token = _TURN_SLOT.set(slot)
             try:
                 await slot.acquire()
                 if isinstance(item, TimerWork):
@@ -192,7 +192,6 @@ class Dispatcher:
                 log.exception("turn failed; work stays in the inbox")
             finally:
                 slot.release()
-                _TURN_SLOT.reset(slot_token)
                 logs.conversation.reset(token)
                 self._busy.discard(key)
                 self._mark_finished(key, time.monotonic())
