@@ -72,6 +72,7 @@ class ErasureReport:
     ledger_removed: bool
     suppression_keys: int
     kept: tuple[Kept, ...] = ()
+    inbox_entries: int = 0  # received events whose content was dropped (their ids stay, for duplicates)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class ErasureReport:
                 "conversations": list(self.conversations),
                 "history_records": self.history_records,
                 "transcript_entries": self.transcript_entries,
+                "inbox_entries": self.inbox_entries,
                 "live_consent_events": self.consent_events_blocked if self.ledger_removed else 0,
             },
             "kept": [
@@ -272,7 +274,8 @@ class PrivacyService:
         1. suppression entries (HMAC of the subject and of every wa_id) with scope ``all``;
         2. the consent chain(s) copied to the blocked store with ``destroy_at = now +
            Retention.blocked_proof_days``, then removed from the live ledger when it can delete;
-        3. per conversation, under its lease: transcript (message bodies), history, head.
+        3. per conversation, under its lease: transcript (message bodies), history, head, and the
+           received events in the inbox (their ids stay, so a redelivery is still a duplicate).
 
         Opens (or reuses) and closes an erasure request. Idempotent: erasing again finds nothing
         more to delete."""
@@ -295,12 +298,14 @@ class PrivacyService:
             blocked += len(records)
             await self.store.ledger.delete(who)
 
-        history = transcript = 0
+        history = transcript = inbox = 0
         for conv in conversations:
             await self._lease(conv.key)
             transcript += await self.store.transcript.delete(conv.key)
             history += await self.store.steps.delete(conv.key)
+            inbox += await self.store.inbox.erase_conversation(conv.key, now)
             await self.store.conversations.delete(conv.key)
+        inbox += await self.store.inbox.erase_statuses([*subjects, *(c.wa_id for c in conversations if c.wa_id)], now)
         await self.privacy.restrictions.unrestrict(subject)
 
         kept = [
@@ -330,6 +335,7 @@ class PrivacyService:
             ledger_removed=ledger_removed,
             suppression_keys=len(keys),
             kept=tuple(kept),
+            inbox_entries=inbox,
         )
         await self._close(request, report.to_doc())
         return report

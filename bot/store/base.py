@@ -125,11 +125,24 @@ class Inbox(ABC):
     @abstractmethod
     async def bump_attempts(self, entry_id: str) -> int:
         """Count a failed processing attempt; returns the new count (poison-message detection).
-        Raises :class:`bot.errors.NotFound` for an unknown id."""
+        Raises :class:`bot.errors.NotFound` for an unknown or erased id."""
 
     @abstractmethod
     async def count_pending(self) -> int:
         """How many entries are pending (the inbox lag metric)."""
+
+    @abstractmethod
+    async def erase_conversation(self, conversation_key: str, now: datetime) -> int:
+        """Erasure: drop what every entry of one conversation holds (the event, the conversation key),
+        processed or not, and count them as processed. Only their ids stay, so a late redelivery of
+        the same event is still absorbed as a duplicate (retention removes the ids like any processed
+        entry). Returns how many entries held an event."""
+
+    @abstractmethod
+    async def erase_statuses(self, subjects: Sequence[str], now: datetime) -> int:
+        """Erasure: the same for the delivery statuses of messages sent to any of ``subjects`` (their
+        ``subject`` or ``recipient``; statuses are queued per business number, not per conversation).
+        Returns how many entries held a status."""
 
 
 # --- conversations and steps ---------------------------------------------------------------------

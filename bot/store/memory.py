@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,7 +110,7 @@ class _OutRow:
 
 @dataclass(slots=True)
 class _Data:
-    inbox: dict[str, _InboxRow] = field(default_factory=dict)
+    inbox: dict[str, _InboxRow | None] = field(default_factory=dict)  # None: erased, the id kept for duplicates
     heads: dict[str, _Head] = field(default_factory=dict)
     steps: dict[str, list[StepRecord]] = field(default_factory=dict)
     transcript: dict[str, _OutRow] = field(default_factory=dict)
@@ -313,6 +313,22 @@ class MemoryInbox(Inbox):
 
     async def count_pending(self) -> int:
         return sum(len(rows) for rows in self._d.pending.values())
+
+    async def erase_conversation(self, conversation_key: str, now: datetime) -> int:
+        return self._erase(lambda e: e.conversation_key == conversation_key)
+
+    async def erase_statuses(self, subjects: Sequence[str], now: datetime) -> int:
+        names = set(subjects)
+        return self._erase(
+            lambda e: isinstance(s := e.event, StatusUpdate) and (s.subject in names or s.recipient in names)
+        )
+
+    def _erase(self, matches: Callable[[InboxEntry], bool]) -> int:
+        rows = [row for row in self._d.inbox.values() if row is not None and matches(row.entry)]
+        for row in rows:
+            _done(self._d, row)
+            self._d.inbox[row.entry.id] = None
+        return len(rows)
 
 
 class MemoryConversations(Conversations):

@@ -311,7 +311,7 @@ class MongoInbox(Inbox):
     async def bump_attempts(self, entry_id: str) -> int:
         with translated("inbox.bump_attempts"):
             doc = await self._c.find_one_and_update(
-                {"_id": entry_id}, {"$inc": {"attempts": 1}}, projection={"attempts": 1},
+                {"_id": entry_id, "doc": {"$exists": True}}, {"$inc": {"attempts": 1}}, projection={"attempts": 1},
                 return_document=ReturnDocument.AFTER,
             )
         if doc is None:
@@ -321,6 +321,29 @@ class MongoInbox(Inbox):
     async def count_pending(self) -> int:
         with translated("inbox.count_pending"):
             return int(await self._c.count_documents({"done": False}))
+
+    async def erase_conversation(self, conversation_key: str, now: datetime) -> int:
+        return await self._erase({"key": conversation_key}, "inbox.erase_conversation", now)
+
+    async def erase_statuses(self, subjects: Sequence[str], now: datetime) -> int:
+        """Reads every status entry's recipient: no index serves it (erasure is rare, and retention keeps
+        the inbox to a few days of traffic)."""
+        if not subjects:
+            return 0
+        names = list(subjects)
+        match = {
+            "kind": str(InboxKind.STATUS),
+            "$or": [{"doc.subject": {"$in": names}}, {"doc.recipient": {"$in": names}}],
+        }
+        return await self._erase(match, "inbox.erase_statuses", now)
+
+    async def _erase(self, match: Doc, what: str, now: datetime) -> int:
+        with translated(what):
+            result = await self._c.update_many(
+                {**match, "doc": {"$exists": True}},
+                {"$set": {"key": "", "done": True, "done_at": now}, "$unset": {"doc": ""}},
+            )
+        return int(result.modified_count)
 
 
 class MongoConversations(Conversations):

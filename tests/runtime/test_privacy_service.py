@@ -13,14 +13,23 @@ import pytest
 
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import Cause, Conversation, PurposeState, PurposeStatus, Step
-from bot.core.messages import Category, Inbound, InboundKind, Outbound, OutboundKind, TemplateRef
+from bot.core.messages import (
+    Category,
+    DeliveryStatus,
+    Inbound,
+    InboundKind,
+    Outbound,
+    OutboundKind,
+    StatusUpdate,
+    TemplateRef,
+)
 from bot.core.policy import GateInput, Reason, decide_send
 from bot.core.project import Controller, Project, Purpose, Retention
 from bot.core.proof import EXPORT_SCHEMA, ChainProblem, suppression_key
 from bot.core.rendering import NoticeText
 from bot.errors import StaleVersion
 from bot.runtime.privacy import PrivacyService
-from bot.store.base import Store
+from bot.store.base import InboxEntry, InboxKind, Store
 from bot.store.privacy import AccessDenied, Principal, RequestKind, RequestStatus, Role
 from bot.store.privacy_memory import MemoryPrivacyStore
 from bot.store.privacy_mongo import MongoPrivacyStore
@@ -189,6 +198,13 @@ async def test_erasure_deletes_suppresses_and_blocks_the_proof(service: PrivacyS
     conv = await subscribe(service)
     store = service.store
     [chain_before] = [await store.ledger.history(SUBJECT)]
+    # What the webhook received from and about the customer: a processed text, a pending one, a receipt.
+    said = [Inbound(f"wamid.said{i}", PNID, SUBJECT, 100 + i, InboundKind.TEXT, wa_id=SUBJECT,
+                    profile_name="Ana Secreta", text=f"mi dirección es calle secreta {i}") for i in (1, 2)]
+    receipt = StatusUpdate("wamid.sent1", PNID, DeliveryStatus.READ, 103, recipient=SUBJECT, subject=SUBJECT)
+    await store.inbox.put([*(InboxEntry(m.id, conv.key, InboxKind.MESSAGE, m.timestamp, T0, m) for m in said),
+                           InboxEntry(receipt.key, f"status:{PNID}", InboxKind.STATUS, 103, T0, receipt)])
+    await store.inbox.mark_done(["wamid.said1"], T0)
     report = await service.erase("+34 600 000 001", actor="dpo")
 
     # A search by number finds nothing.
@@ -198,6 +214,15 @@ async def test_erasure_deletes_suppresses_and_blocks_the_proof(service: PrivacyS
     assert await store.steps.history(conv.key) == []
     assert report.conversations == (conv.key,)
     assert report.transcript_entries == 4 and report.history_records == 2
+
+    # The inbox keeps no copy of what the customer wrote, nor their number or name: only the ids,
+    # so a late redelivery of the same message is still a duplicate and is not processed again.
+    assert report.inbox_entries == 3 and report.to_doc()["deleted"]["inbox_entries"] == 3
+    assert await store.inbox.pending(conv.key) == [] and await store.inbox.pending(f"status:{PNID}") == []
+    assert await store.inbox.put([InboxEntry(said[1].id, conv.key, InboxKind.MESSAGE, 102, T0, said[1])]) == 0
+    if hasattr(store, "database"):
+        left = await store.database["inbox"].find({}).to_list(None)
+        assert len(left) == 3 and not any(SUBJECT in str(d) or "secret" in str(d).lower() for d in left)
 
     # The suppression entry is there, holds only key, scope and date, and every send path sees it.
     key = suppression_key(SECRET, SUBJECT)

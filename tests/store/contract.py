@@ -136,6 +136,34 @@ class StoreContract:
         assert await store.inbox.count_pending() == 1
         assert await store.inbox.put([inbox_entry("a")]) == 0  # a processed id stays a duplicate
 
+    async def test_inbox_erasure_drops_the_events_and_keeps_the_ids(self, store: Store) -> None:
+        mine, other = "1000:34600000001", "1000:34600000002"
+        await store.inbox.put([inbox_entry("m1", key=mine), inbox_entry("m2", key=mine, ts=101),
+                               inbox_entry("o1", key=other)])
+        await store.inbox.mark_done(["m1"], at(1))
+
+        def receipt(wamid: str, recipient: str) -> InboxEntry:
+            update = StatusUpdate(wamid, PNID, DeliveryStatus.READ, 100, recipient=recipient, subject=recipient)
+            return InboxEntry(update.key, "status:" + PNID, InboxKind.STATUS, 100, at(0), update)
+
+        await store.inbox.put([receipt("wamid.s1", "34600000001"), receipt("wamid.s2", "34600000002")])
+
+        assert await store.inbox.erase_conversation(mine, at(2)) == 2  # processed and pending alike
+        assert await store.inbox.pending(mine) == []
+        assert [e.id for e in await store.inbox.pending(other)] == ["o1"]
+        assert await store.inbox.put([inbox_entry("m1", key=mine), inbox_entry("m2", key=mine)]) == 0  # still duplicates
+        assert await store.inbox.pending(mine) == []
+        with pytest.raises(NotFound):
+            await store.inbox.bump_attempts("m2")
+
+        assert await store.inbox.erase_statuses(["34600000001"], at(3)) == 1
+        assert [e.id for e in await store.inbox.pending("status:" + PNID)] == ["wamid.s2:read"]
+        assert await store.inbox.count_pending() == 2
+        assert set(await store.inbox.pending_keys()) == {other, "status:" + PNID}
+        assert await store.inbox.erase_conversation(mine, at(4)) == 0  # idempotent
+        assert await store.inbox.erase_statuses(["34600000001"], at(4)) == 0
+        assert await store.inbox.erase_statuses([], at(4)) == 0
+
     async def test_inbox_bump_attempts(self, store: Store) -> None:
         await store.inbox.put([inbox_entry("a")])
         assert await store.inbox.bump_attempts("a") == 1
