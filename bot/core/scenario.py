@@ -17,20 +17,24 @@
             consent: {offers: expired}
           - meta: marketing_stop       # Meta: marketing_stop | marketing_resume | error_131050
             events: ["offers:withdrawn"]
+          - notice_version: "2.0"      # the business publishes a new notice version (nothing is sent)
+            marketing: {offers: consent_stale}
 
 Other actions: ``react: "👍"``, ``media: image`` (any inbound kind without text), ``template_button``.
 Expectations: ``state``, ``says`` (string or list; ``{business}`` stands for the controller's name),
 ``says_regex``, ``not_says``, ``silent`` (nothing
 sent), ``consent`` (purpose -> none|requested|granted|declined|withdrawn|expired), ``events`` (exact
 list of ``purpose:action`` emitted by the step), ``requests`` (exact list), ``needs_person``,
-``buttons`` (titles that must be offered), ``category`` (of every message sent).
+``buttons`` (titles that must be offered), ``category`` (of every message sent), ``marketing``
+(purpose -> ``allowed`` or the send gate's reason: ``no_consent``, ``consent_stale``; what the gate
+would say of the recorded consent at that moment).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +45,7 @@ from bot.core.engine import Decision, MetaSignal, TimerFired, decide
 from bot.core.flowspec import load_yaml, node_lines
 from bot.core.machine import FlowFamily
 from bot.core.messages import Inbound, InboundKind
+from bot.core.policy import consent_problem
 from bot.core.project import Project
 from bot.core.rendering import shown_text
 from bot.core.sample import sample_project
@@ -55,7 +60,7 @@ CONTACTS = {
     "de": "4915112345678",
     "it": "393471234567",
 }
-_ACTIONS = ("send", "tap", "advance", "meta", "react", "media", "template_button")
+_ACTIONS = ("send", "tap", "advance", "meta", "react", "media", "template_button", "notice_version")
 _EXPECT = (
     "state",
     "says",
@@ -68,6 +73,7 @@ _EXPECT = (
     "needs_person",
     "buttons",
     "category",
+    "marketing",
 )
 
 
@@ -136,8 +142,9 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
-def _check(step: Mapping[str, Any], decisions: list[Decision], conv: Conversation | None, business: str) -> list[str]:
+def _check(step: Mapping[str, Any], decisions: list[Decision], run: _Run) -> list[str]:
     problems: list[str] = []
+    conv, business = run.conv, run.project.controller.name
     outbox = [o for d in decisions for o in d.outbox]
     texts = [shown_text(o) for o in outbox]
     joined = "\n---\n".join(texts)
@@ -181,6 +188,12 @@ def _check(step: Mapping[str, Any], decisions: list[Decision], conv: Conversatio
         bad = [str(o.category) for o in outbox if str(o.category) != step["category"]]
         if bad or not outbox:
             problems.append(f"categories {[str(o.category) for o in outbox]!r}, expected all {step['category']!r}")
+    for purpose, want in (step.get("marketing") or {}).items():
+        problem = consent_problem(conv.consent.get(purpose) if conv else None, run.project, run.now)
+        verdict = "allowed" if problem is None else str(problem[0])
+        if verdict != str(want):
+            detail = f" ({problem[1]})" if problem is not None else ""
+            problems.append(f"marketing for {purpose!r} is {verdict}{detail}, expected {want!r}")
     return problems
 
 
@@ -209,6 +222,8 @@ def _step(run: _Run, step: Mapping[str, Any]) -> str:
         run.inbound(InboundKind(str(value)))
     elif action == "advance":
         run.advance(parse_duration(str(value)))
+    elif action == "notice_version":
+        run.project = replace(run.project, notice_version=str(value))
     elif action == "meta":
         run.seq += 1
         run.now += timedelta(seconds=1)
@@ -247,7 +262,7 @@ def run_scenarios(text: str, file: str, families: Mapping[str, FlowFamily], proj
             before = len(run.decisions)
             try:
                 label = _step(run, step)
-                problems = _check(step, run.decisions[before:], run.conv, proj.controller.name)
+                problems = _check(step, run.decisions[before:], run)
             except Exception as exc:  # a scenario reports every failure as a result
                 problems = [f"{type(exc).__name__}: {exc}"]
                 label = "?"

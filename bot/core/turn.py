@@ -15,6 +15,7 @@ from typing import Any
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import PurposeState, PurposeStatus
 from bot.core.messages import Inbound
+from bot.core.policy import notice_major
 from bot.core.project import Project
 
 _STATE_OF: dict[ConsentAction, PurposeState] = {
@@ -97,6 +98,23 @@ class Turn:
 
     def with_state(self, state: PurposeState) -> list[str]:
         return [p for p in self.purposes if self.state_of(p) is state]
+
+    def granted_under_current_notice(self, purpose: str) -> bool:
+        """Granted, under the project's current major notice version (what the send gate asks for).
+        Consent given under an earlier major version stays GRANTED in the ledger until the customer
+        confirms again, but no longer counts as given (``bot.core.policy.consent_problem``)."""
+        status = self.consent.get(purpose)
+        return (
+            status is not None
+            and status.state is PurposeState.GRANTED
+            and notice_major(status.notice_version) == notice_major(self.project.notice_version)
+        )
+
+    def outdated(self) -> list[str]:
+        """Purposes granted under an earlier major notice version (they need a new confirmation)."""
+        return [
+            p for p in self.with_state(PurposeState.GRANTED) if not self.granted_under_current_notice(p)
+        ]
 
     def chosen(self) -> list[str]:
         value = self.slots.get("chosen")
@@ -194,10 +212,12 @@ GUARDS: dict[str, Callable[[Turn], bool]] = {
     "last_purpose": lambda t: t.purpose_index() + 1 >= len(t.purposes),
     "purposes_chosen": lambda t: bool(t.chosen()),
     "none_chosen": lambda t: not t.chosen(),
-    "new_purposes": lambda t: any(t.state_of(p) is not PurposeState.GRANTED for p in t.chosen()),
+    # chosen and not yet granted, or granted under an earlier major notice version (confirm again)
+    "new_purposes": lambda t: any(not t.granted_under_current_notice(p) for p in t.chosen()),
     "has_request": lambda t: bool(t.with_state(PurposeState.REQUESTED)),
     "any_granted": lambda t: bool(t.with_state(PurposeState.GRANTED)),
     "none_granted": lambda t: not t.with_state(PurposeState.GRANTED),
+    "notice_changed": lambda t: bool(t.outdated()),  # consent granted under an earlier major notice version
     "cooloff_over": _cooloff_over,  # Project.decline_cooloff_days since the last decline/expiry; never for minors
     "in_window": lambda t: t.window_open,  # the 24-hour customer-service window is open
     "valid_locale": lambda t: t.value in t.locales,
@@ -232,7 +252,7 @@ def _request_consent(t: Turn) -> None:
     chosen = t.chosen()
     for p in t.purposes:
         state = t.state_of(p)
-        if p in chosen and state is not PurposeState.GRANTED:
+        if p in chosen and not t.granted_under_current_notice(p):
             t.emit(p, ConsentAction.REQUESTED)
         elif p not in chosen and state in (PurposeState.GRANTED, PurposeState.REQUESTED):
             t.emit(p, ConsentAction.WITHDRAWN, reason="preferences")
@@ -306,7 +326,8 @@ ACTIONS: dict[str, Callable[[Turn], None]] = {
     "keep_choice": _keep_choice,  # the current choice = the purposes granted now
     "choose_purpose": _choose_purpose,  # "yes" to the purpose being asked
     "skip_purpose": _skip_purpose,  # "no" to the purpose being asked
-    "request_consent": _request_consent,  # REQUESTED for chosen purposes; WITHDRAWN for dropped ones
+    # REQUESTED for chosen purposes not granted under the current notice; WITHDRAWN for dropped ones
+    "request_consent": _request_consent,
     "confirm_consent": _confirm_consent,  # CONFIRMED for every requested purpose (double opt-in step 2)
     "refresh_consent": _refresh_consent,  # REFRESHED for every granted purpose (the customer kept it)
     "cancel_request": _cancel_request,  # DECLINED for every requested purpose

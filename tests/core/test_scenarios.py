@@ -46,3 +46,21 @@ def test_a_broken_scenario_file_is_reported() -> None:
     assert not result.passed and "not valid YAML" in result.failures[0]
     (result,) = run_scenarios("scenarios:\n  - steps:\n      - shout: hi\n", "y.yaml", CATALOG.flows, SAMPLE_PROJECT)
     assert "unknown key 'shout'" in result.failures[0]
+
+
+def test_marketing_expectation_reads_the_gate_and_notice_version_changes_the_project() -> None:
+    subscribe = (
+        "scenarios:\n  - name: gate\n    locale: en\n    steps:\n"
+        "      - send: hi\n        marketing: {offers: no_consent}\n"
+        "      - tap: consent_yes\n      - tap: age_yes\n      - tap: purpose_yes\n      - tap: purpose_no\n"
+        "      - tap: set_frequency:weekly\n      - tap: confirm_yes\n        marketing: {offers: allowed}\n"
+        "      - notice_version: '3.0'\n        marketing: {offers: %s}\n"
+    )
+    (passed,) = run_scenarios(subscribe % "consent_stale", "g.yaml", CATALOG.flows, SAMPLE_PROJECT)
+    assert passed.failures == ()
+    (failed,) = run_scenarios(subscribe % "allowed", "g.yaml", CATALOG.flows, SAMPLE_PROJECT)
+    assert len(failed.failures) == 1
+    assert "g.yaml:14: gate: step 8 (notice_version 3.0)" in failed.failures[0]
+    assert "marketing for 'offers' is consent_stale (consent given under notice 1.0; the current notice is 3.0)" in (
+        failed.failures[0]
+    )
