@@ -5,6 +5,9 @@
 - ``consent receipt SUBJECT``: the consent receipt (Kantara CR v1.1 / ISO/IEC TS 27560 fields) as JSON.
 - ``consent export SUBJECT [--out FILE]``: the access / portability export (GDPR 15/20) as JSON; it is
   recorded as a data-subject request (opened and closed).
+- ``consent reconsent [--dry-run]``: after a new major notice version, bring the consent-refresh
+  question forward for every conversation whose consent was given under an earlier one
+  (:mod:`bot.runtime.reconsent`); the running service's poller sends it.
 
 The command logic lives in ``*_command`` coroutines that take an opened :class:`PrivacyService`;
 :func:`open_service` opens one from the project's settings through ``bot.wiring``.
@@ -101,6 +104,31 @@ async def export_command(
     return 0
 
 
+async def reconsent_command(
+    service: PrivacyService, project_dir: str, dry_run: bool = False, out: TextIO | None = None
+) -> int:
+    """Bring the refresh question forward (see :mod:`bot.runtime.reconsent`); prints what it did."""
+    import os
+
+    from bot.runtime.catalog import load_catalog
+    from bot.runtime.reconsent import bring_refresh_forward
+
+    out = out if out is not None else sys.stdout
+    catalog = await asyncio.to_thread(load_catalog, Path(project_dir), service.project)
+    report = await bring_refresh_forward(
+        service.store, catalog, service.project, f"cli-reconsent-{os.getpid()}", dry_run=dry_run
+    )
+    prefix = "dry run: would bring forward" if dry_run else "brought forward"
+    for key in report.brought_forward:
+        out.write(f"{prefix}: {key}\n")
+    for key in report.no_question:
+        out.write(f"no refresh question in its state: {key}\n")
+    for key in report.busy:
+        out.write(f"busy, run again: {key}\n")
+    out.write(report.summary() + "\n")
+    return 1 if report.busy else 0
+
+
 # --- argparse ------------------------------------------------------------------------------------
 def _verify(args: argparse.Namespace) -> int:
     if args.all == bool(args.subject):
@@ -127,3 +155,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export.add_argument("--actor", default="operator", help="who handles the request (recorded)")
     export.set_defaults(func=lambda a: run(a.project, lambda s: export_command(s, a.subject, path=a.out,
                                                                                actor=a.actor)))
+    reconsent = csub.add_parser(
+        "reconsent", help="after a new major notice version: ask again now (brings the refresh question forward)"
+    )
+    reconsent.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    reconsent.set_defaults(func=lambda a: run(a.project, lambda s: reconsent_command(s, a.project, a.dry_run)))
