@@ -189,3 +189,17 @@ class Step:
     @property
     def id(self) -> str:
         return f"{self.conversation.key}#{self.seq}"
+
+    @classmethod
+    def change(cls, head: Conversation, at: datetime, cause: Cause, cause_id: str, note: str, **changes: Any) -> Step:
+        """A step that only changes the head (``changes``: its fields), with no message and no transition:
+        an agent's takeover, a restriction, a timer moved by the system. Its note says why."""
+        seq = head.version + 1
+        return cls(
+            conversation=head.evolve(**changes, version=seq, updated_at=at),
+            seq=seq,
+            at=at,
+            cause=cause,
+            cause_id=cause_id,
+            notes=(note,),
+        )

@@ -97,19 +97,11 @@ class Desk:
             try:
                 if head.paused == paused and (not paused or not head.needs_person):
                     return head
-                now = self.clock()
-                seq = head.version + 1
-                changes: dict[str, object] = {"paused": paused, "version": seq, "updated_at": now}
+                changes: dict[str, object] = {"paused": paused}
                 if paused:
                     changes["needs_person"] = False
-                step = Step(
-                    conversation=head.evolve(**changes),
-                    seq=seq,
-                    at=now,
-                    cause=Cause.AGENT,
-                    cause_id=agent,
-                    notes=(TAKEOVER_NOTE if paused else HANDBACK_NOTE,),
-                )
+                note = TAKEOVER_NOTE if paused else HANDBACK_NOTE
+                step = Step.change(head, self.clock(), Cause.AGENT, agent, note, **changes)
                 try:
                     await self.store.steps.commit(step, owner, self.lease_seconds, release=True)
                 except StaleVersion:

@@ -346,16 +346,8 @@ class PrivacyService:
         try:
             if head is None or head.restricted is value:
                 return
-            now = self.clock()
-            seq = head.version + 1
-            step = Step(
-                conversation=head.evolve(restricted=value, version=seq, updated_at=now),
-                seq=seq,
-                at=now,
-                cause=Cause.AGENT,
-                cause_id=actor,
-                notes=("restricted" if value else "restriction lifted",),
-            )
+            note = "restricted" if value else "restriction lifted"
+            step = Step.change(head, self.clock(), Cause.AGENT, actor, note, restricted=value)
             await self.store.steps.commit(step, self.owner, LEASE_SECONDS, release=True)
         finally:
             await self.store.conversations.release(conv.key, self.owner)

@@ -133,15 +133,7 @@ async def _one(
         if dry_run:
             return "moved"
         timers = (*(t for t in head.timers if t.name != name), Timer(name, now))
-        seq = head.version + 1
-        step = Step(
-            conversation=head.evolve(timers=timers, version=seq, updated_at=now),
-            seq=seq,
-            at=now,
-            cause=Cause.SYSTEM,
-            cause_id=f"notice {project.notice_version}",
-            notes=(NOTE,),
-        )
+        step = Step.change(head, now, Cause.SYSTEM, f"notice {project.notice_version}", NOTE, timers=timers)
         try:
             await store.steps.commit(step, owner, LEASE_SECONDS, release=True)
         except StaleVersion:
