@@ -143,6 +143,12 @@ def notice_major(version: str) -> str:
     return version.strip().split(".", 1)[0].strip()
 
 
+def under_current_notice(status: PurposeStatus, project: Project) -> bool:
+    """Given under ``project``'s current major notice version (a missing version never is: fail-closed)."""
+    given = notice_major(status.notice_version)
+    return bool(given) and given == notice_major(project.notice_version)
+
+
 def consent_problem(status: PurposeStatus | None, project: Project, now: datetime) -> tuple[Reason, str] | None:
     """Why consent recorded as ``status`` does not allow marketing at ``now`` (``None``: it does).
 
@@ -160,9 +166,7 @@ def consent_problem(status: PurposeStatus | None, project: Project, now: datetim
             Reason.CONSENT_STALE,
             f"consent given {status.since.isoformat()} is older than {project.retention.consent_refresh_days} days",
         )
-    given = notice_major(status.notice_version)
-    current = notice_major(project.notice_version)
-    if not given or given != current:
+    if not under_current_notice(status, project):
         shown = status.notice_version or "an unrecorded version"
         return (
             Reason.CONSENT_STALE,

@@ -15,7 +15,7 @@ from typing import Any
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import PurposeState, PurposeStatus
 from bot.core.messages import Inbound
-from bot.core.policy import notice_major
+from bot.core.policy import under_current_notice
 from bot.core.project import Project
 
 _STATE_OF: dict[ConsentAction, PurposeState] = {
@@ -104,11 +104,9 @@ class Turn:
         Consent given under an earlier major version stays GRANTED in the ledger until the customer
         confirms again, but no longer counts as given (``bot.core.policy.consent_problem``)."""
         status = self.consent.get(purpose)
-        return (
-            status is not None
-            and status.state is PurposeState.GRANTED
-            and notice_major(status.notice_version) == notice_major(self.project.notice_version)
-        )
+        if status is None or status.state is not PurposeState.GRANTED:
+            return False
+        return under_current_notice(status, self.project)
 
     def outdated(self) -> list[str]:
         """Purposes granted under an earlier major notice version (they need a new confirmation)."""

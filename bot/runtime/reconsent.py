@@ -20,7 +20,7 @@ from datetime import datetime
 
 from bot.core.conversation import Cause, Conversation, PurposeState, Step, Timer
 from bot.core.machine import CONSENT_REFRESH
-from bot.core.policy import notice_major
+from bot.core.policy import under_current_notice
 from bot.core.project import Project
 from bot.errors import StaleVersion
 from bot.runtime.catalog import Catalog
@@ -55,10 +55,8 @@ class ReconsentReport:
 
 def outdated(conversation: Conversation, project: Project) -> bool:
     """True when a purpose is granted under an earlier major notice version than the project's."""
-    current = notice_major(project.notice_version)
     return any(
-        s.state is PurposeState.GRANTED and notice_major(s.notice_version) != current
-        for s in conversation.consent.values()
+        s.state is PurposeState.GRANTED and not under_current_notice(s, project) for s in conversation.consent.values()
     )
 
 
