@@ -10,7 +10,6 @@ proof, moved to the blocked store until ``destroy_at`` (LOPDGDD 32, GDPR 17(3)(b
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -261,12 +260,10 @@ class PrivacyService:
 
     # --- erasure ---------------------------------------------------------------------------------
     async def _lease(self, key: str) -> Conversation | None:
-        for _ in range(LEASE_TRIES):
-            lease = await self.store.conversations.acquire(key, self.owner, self.clock(), LEASE_SECONDS)
-            if lease.acquired:
-                return lease.conversation
-            await asyncio.sleep(0.2)
-        raise RuntimeFailure(f"conversation {key} is busy; try again in a minute")
+        lease = await self.store.conversations.acquire_waiting(key, self.owner, self.clock, LEASE_SECONDS, LEASE_TRIES)
+        if not lease.acquired:
+            raise RuntimeFailure(f"conversation {key} is busy; try again in a minute")
+        return lease.conversation
 
     async def erase(self, subject: str, actor: str) -> ErasureReport:
         """Erase ``subject`` (GDPR 17), in an order that never leaves a half-erased subject reachable:
@@ -283,7 +280,8 @@ class PrivacyService:
         now = self.clock()
         conversations = await self.conversations(subject)
         subjects = await self._subjects(subject, conversations)
-        keys = self._keys([*subjects, *(c.wa_id for c in conversations)])
+        identities = [*subjects, *(c.wa_id for c in conversations if c.wa_id)]  # every id the customer has here
+        keys = self._keys(identities)
         for key in keys:
             await self.privacy.suppression.add(key, str(SuppressionScope.ALL), now)
 
@@ -305,7 +303,7 @@ class PrivacyService:
             history += await self.store.steps.delete(conv.key)
             inbox += await self.store.inbox.erase_conversation(conv.key, now)
             await self.store.conversations.delete(conv.key)
-        inbox += await self.store.inbox.erase_statuses([*subjects, *(c.wa_id for c in conversations if c.wa_id)], now)
+        inbox += await self.store.inbox.erase_statuses(identities, now)
         await self.privacy.restrictions.unrestrict(subject)
 
         kept = [

@@ -13,7 +13,6 @@ its approved template); "keep" then shows the new notice and runs the double opt
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,14 +87,19 @@ async def bring_refresh_forward(
         keys.extend(c.key for c in page)  # keys first: a commit below reorders the results
         if len(page) < PAGE:
             break
-    moved: list[str] = []
-    due: list[str] = []
-    none: list[str] = []
-    busy: list[str] = []
+    by_outcome: dict[str, list[str]] = {"moved": [], "due": [], "none": [], "busy": []}
     for key in keys:
         outcome = await _one(store, catalog, project, owner, key, dry_run, clock, lease_tries)
-        {"moved": moved, "due": due, "none": none, "busy": busy}.get(outcome, []).append(key)
-    return ReconsentReport(project.notice_version, len(keys), tuple(moved), tuple(due), tuple(none), tuple(busy))
+        if outcome:
+            by_outcome[outcome].append(key)
+    return ReconsentReport(
+        project.notice_version,
+        len(keys),
+        brought_forward=tuple(by_outcome["moved"]),
+        already_due=tuple(by_outcome["due"]),
+        no_question=tuple(by_outcome["none"]),
+        busy=tuple(by_outcome["busy"]),
+    )
 
 
 async def _one(
@@ -109,12 +113,8 @@ async def _one(
     lease_tries: int,
 ) -> str:
     """One conversation: "moved", "due", "none", "busy" or "" (nothing outdated)."""
-    for _ in range(lease_tries):
-        lease = await store.conversations.acquire(key, owner, clock(), LEASE_SECONDS)
-        if lease.acquired:
-            break
-        await asyncio.sleep(0.2)
-    else:
+    lease = await store.conversations.acquire_waiting(key, owner, clock, LEASE_SECONDS, lease_tries)
+    if not lease.acquired:
         return "busy"
     committed = False
     try:

@@ -8,8 +8,9 @@ database cannot be reached; no other driver exception escapes an adapter.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -188,6 +189,19 @@ class Conversations(ABC):
         A conversation that does not exist yet is leased too (``conversation`` is ``None``) so first
         contacts are serialised as well. Re-acquiring a lease one already holds extends it. A lease is
         free when nobody holds it or its ``until`` is ``<= now``."""
+
+    async def acquire_waiting(
+        self, key: str, owner: str, clock: Callable[[], datetime], lease_seconds: float, tries: int, pause: float = 0.2
+    ) -> Lease:
+        """:meth:`acquire`, tried up to ``tries`` times ``pause`` seconds apart while another owner holds
+        the lease (a dispatcher finishing the conversation's turn). Returns the last answer."""
+        lease = await self.acquire(key, owner, clock(), lease_seconds)
+        for _ in range(tries - 1):
+            if lease.acquired:
+                break
+            await asyncio.sleep(pause)
+            lease = await self.acquire(key, owner, clock(), lease_seconds)
+        return lease
 
     @abstractmethod
     async def release(self, key: str, owner: str) -> None:
