@@ -87,7 +87,6 @@ def with_status(entry: TranscriptEntry, update: StatusUpdate, at: datetime) -> T
 class _InboxRow:
     entry: InboxEntry
     order: int
-    done: bool = False
 
 
 @dataclass(slots=True)
@@ -258,7 +257,6 @@ def _chain(data: _Data, drafts: Sequence[ConsentEventDraft]) -> list[ConsentReco
 
 
 def _done(data: _Data, row: _InboxRow) -> None:
-    row.done = True
     rows = data.pending.get(row.entry.conversation_key)
     if rows is not None:
         rows.pop(row.entry.id, None)
