@@ -41,7 +41,13 @@ def normalise(text: str) -> str:
 
 def squeeze(normalised: str) -> str:
     """Collapse runs of the same letter to one letter ("stooop" -> "stop"); digits are kept as-is."""
-    return _SQUEEZE.sub(r"\1", normalised)
+    if _SQUEEZE.search(normalised) is None:  # most texts: no run at all (one C call, no substitution)
+        return normalised
+    return _SQUEEZE.sub(_first_group, normalised)
+
+
+def _first_group(match: re.Match[str]) -> str:
+    return match.group(1)
 
 
 def match_form(text: str) -> str:

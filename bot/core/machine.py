@@ -26,6 +26,8 @@ from bot.core.turn import ACTIONS, GUARDS, Turn
 from bot.errors import FlowError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+)([smhd])")
+_DURATIONS: dict[str, timedelta] = {}  # the literal durations already parsed (a flow has a handful)
 
 
 CONSENT_REFRESH = "consent_refresh"
@@ -46,10 +48,16 @@ def duration(after: str, project: Project) -> timedelta:
         return timedelta(hours=project.confirm_expiry_hours) / 2
     if after == "decline_cooloff":
         return timedelta(days=project.decline_cooloff_days)
-    m = re.fullmatch(r"(\d+)([smhd])", after)
+    known = _DURATIONS.get(after)
+    if known is not None:
+        return known
+    m = _DURATION.fullmatch(after)
     if m is None:
         raise FlowError(f"unknown duration `{after}`")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    if len(_DURATIONS) >= 256:
+        _DURATIONS.clear()
+    known = _DURATIONS[after] = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    return known
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

@@ -275,11 +275,12 @@ class Dispatcher:
             await self.store.inbox.mark_done([entry.id], self.clock())
             return conversation, False
         started = time.perf_counter()
-        turn = self.decide(conversation, event, pnid, subject, self.clock())
+        now = self.clock()
+        turn = self.decide(conversation, event, pnid, subject, now)
         if turn is None:
-            await self.store.inbox.mark_done([entry.id], self.clock())
+            await self.store.inbox.mark_done([entry.id], now)
             return conversation, False
-        head = await self._commit(conversation, turn, cause, entry.id, inbound, (entry.id,), release)
+        head = await self._commit(conversation, turn, cause, entry.id, inbound, (entry.id,), release, now)
         self.metrics.step_latency.observe(time.perf_counter() - started)
         return head, release
 
@@ -292,8 +293,9 @@ class Dispatcher:
         inbound: tuple[Inbound, ...],
         inbox_ids: tuple[str, ...],
         release: bool,
+        now: datetime,
     ) -> Conversation:
-        now = self.clock()
+        """Commit ``turn`` as one step at ``now`` (the time it was decided at), then send its outbox."""
         seq = (conversation.version if conversation is not None else 0) + 1
         consumed = turn.conversation.consumed
         if inbox_ids and consumed[-len(inbox_ids):] != inbox_ids:  # the engine records an inbound's own id
@@ -344,7 +346,7 @@ class Dispatcher:
             if turn is None:  # no flow for it: just drop the timer
                 rest = tuple(t for t in conversation.timers if t is not timer)
                 turn = Turn(conversation=conversation.evolve(timers=rest))
-            await self._commit(conversation, turn, Cause.TIMER, timer.name, (), (), release=True)
+            await self._commit(conversation, turn, Cause.TIMER, timer.name, (), (), True, now)
             released = True
         finally:
             if not released:

@@ -75,7 +75,10 @@ class Histogram:
 
     def observe(self, value: float, **labels: str) -> None:
         key = _labels(labels)
-        counts, total = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = ([0] * (len(self.buckets) + 1), [0.0])
+        counts, total = series
         counts[bisect.bisect_left(self.buckets, value)] += 1
         total[0] += value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
@@ -21,6 +22,7 @@ from bot.core.intents import (
     match_form,
     normalise,
     number_in,
+    squeeze,
 )
 
 OPTOUT = BuiltinIntent.OPTOUT
@@ -207,3 +209,10 @@ def test_normalise_equals_the_character_by_character_definition(text: str) -> No
 def test_one_index_answers_as_the_sets_asked_in_turn(text: str) -> None:
     form = match_form(text)
     assert builtin_intent_of_form(form) == reference_intent_of_form(form)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXTS)
+def test_squeeze_equals_the_substitution_it_short_cuts(text: str) -> None:
+    form = normalise(text)
+    assert squeeze(form) == re.sub(r"([^\W\d_])\1+", r"\1", form)
