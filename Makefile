@@ -28,6 +28,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/store_commit.py
 	$(BIN)/python bench/pipeline.py --returning 200
+	if command -v valgrind >/dev/null; then $(BIN)/python bench/instructions.py; else echo 'bench/instructions.py skipped: it needs valgrind'; fi
 	$(BIN)/python bench/campaign.py --store memory --recipients 100000 --rate 1000
 
 clean:
