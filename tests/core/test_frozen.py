@@ -4,6 +4,7 @@ __init__ builds."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import inspect
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.core.conversation import Conversation, Timer
-from bot.core.frozen import ORIGINAL_INITS, evolve, quick_init
+from bot.core.frozen import ORIGINAL_INITS, _draft, evolve, quick_init
 from bot.core.messages import Button, Category, Outbound, OutboundKind
 from bot.store.base import OutState, TranscriptEntry
 
@@ -125,3 +126,37 @@ def test_quick_init_leaves_other_classes_alone() -> None:
         assert quick_init(cls) is cls and cls.__init__ is init and cls not in ORIGINAL_INITS
     with pytest.raises(ValueError, match="n must be"):
         Checked(-1)
+
+
+def test_values_built_through_a_draft_are_ordinary_frozen_values() -> None:
+    conv = Conversation.start("1", "346", "consent", "v1", "start", "en", NOW)
+    for value in (conv, evolve(conv, state="x"), TranscriptEntry("e", "1:346", "346", "out", 1, NOW)):
+        assert type(value) in (Conversation, TranscriptEntry)
+        assert gc.is_tracked(value)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.subject = "other"  # type: ignore[misc]
+    assert evolve(conv, state="x").__class__ is Conversation and hash(Timer("a", NOW)) == hash(Timer("a", NOW))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wider(Conversation):  # a subclass: its own layout, so Conversation's __init__ must not use the draft
+    extra: int = 0
+
+
+def test_a_subclass_instance_is_filled_through_the_setters() -> None:
+    wide = object.__new__(Wider)
+    Conversation.__init__(wide, *_slots(Conversation.start("1", "346", "consent", "v1", "start", "en", NOW)))
+    assert type(wide) is Wider and wide.subject == "346"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+class WithWeakref:
+    a: int
+    b: int
+    c: int
+    d: int
+
+
+def test_a_layout_the_draft_cannot_match_is_refused() -> None:
+    assert _draft(WithWeakref, dataclasses.fields(WithWeakref)) is None
+    assert evolve(WithWeakref(1, 2, 3, 4), a=9) == WithWeakref(9, 2, 3, 4)
