@@ -229,7 +229,7 @@ async def build_services(
         on_notices=privacy.register_notices,
         lease_seconds=lease,
         workers=settings.workers,
-        store_slots=settings.store_slots,
+        store_slots=None if store_kind == "memory" else settings.store_slots,  # the memory store never waits
     )
     sender.notify = dispatcher.notify
     poller = Poller(store, dispatcher, sender, owner, lease_seconds=lease)

@@ -88,7 +88,7 @@ class Dispatcher:
         owner: str,
         *,
         workers: int = DEFAULT_WORKERS,
-        store_slots: int = DEFAULT_STORE_SLOTS,
+        store_slots: int | None = DEFAULT_STORE_SLOTS,
         queue_size: int = 10_000,
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,
@@ -108,7 +108,8 @@ class Dispatcher:
         self._queued: set[str | TimerWork] = set()
         self._busy: set[str] = set()
         self._workers_n = workers
-        self._store_slots = asyncio.Semaphore(store_slots)
+        # None: no bound (a store whose calls never wait, the memory store, has no database to queue on)
+        self._store_slots = asyncio.Semaphore(store_slots) if store_slots is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._notices_stored: set[tuple[str, str, str]] = set()
@@ -165,7 +166,8 @@ class Dispatcher:
         self._queued.add(item)
 
     async def _worker(self) -> None:
-        slot = _TurnSlot(self._store_slots)  # this worker's, for every turn it runs (each task has its context)
+        # this worker's, for every turn it runs (each task has its context)
+        slot = _TurnSlot(self._store_slots) if self._store_slots is not None else None
         _TURN_SLOT.set(slot)
         while True:
             item = await self._queue.get()
@@ -179,7 +181,8 @@ class Dispatcher:
             self._busy.add(key)
             token = logs.conversation.set(key)
             try:
-                await slot.acquire()
+                if slot is not None:
+                    await slot.acquire()
                 if isinstance(item, TimerWork):
                     await self._run_timer(item)
                 elif key.startswith(STATUS_KEY_PREFIX):
@@ -191,7 +194,8 @@ class Dispatcher:
             except Exception:
                 log.exception("turn failed; work stays in the inbox")
             finally:
-                slot.release()
+                if slot is not None:
+                    slot.release()
                 logs.conversation.reset(token)
                 self._busy.discard(key)
                 self._mark_finished(key, time.monotonic())

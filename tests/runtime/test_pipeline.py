@@ -542,7 +542,7 @@ async def test_a_turn_gives_up_its_store_slot_while_meta_answers(
 ) -> None:
     """Turns doing database work are few (a slow database serves the webhook's inbox writes first), but
     a turn waiting for the Graph API holds none: with one store slot, three customers' replies are
-    still in flight at once."""
+    still in flight at once. The memory store, whose calls never wait, runs without the bound."""
     env = {"CONSENTBOT_WORKERS": "8", "CONSENTBOT_STORE_SLOTS": "1", "MONGODB_URI": mongo_uri,
            "CONSENTBOT_DATABASE": mongo_database}
     running = await start_service(env, store_kind=store_kind)
@@ -573,7 +573,10 @@ async def test_a_turn_gives_up_its_store_slot_while_meta_answers(
 
         await wait_until(all_accepted, what="three accepted replies")
         assert most == 3
-        assert dispatcher._store_slots._value == 1  # every slot given back
+        if store_kind == "memory":
+            assert dispatcher._store_slots is None
+        else:
+            assert dispatcher._store_slots._value == 1  # every slot given back
     finally:
         await running.sim.drain()
         await running.stop()
