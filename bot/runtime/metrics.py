@@ -38,7 +38,7 @@ class Counter:
         self.values: dict[Labels, float] = {}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(labels.items()) if len(labels) < 2 else _labels(labels)  # no call for the usual one label
+        key = _labels(labels)
         self.values[key] = self.values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
@@ -74,7 +74,7 @@ class Histogram:
         self.series: dict[Labels, tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(labels.items()) if len(labels) < 2 else _labels(labels)
+        key = _labels(labels)
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = ([0] * (len(self.buckets) + 1), [0.0])

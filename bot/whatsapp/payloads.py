@@ -142,12 +142,13 @@ class _Collector:
 
 
 def _change(out: _Collector, i: int, j: int, change: object) -> None:
-    """Parse ``entry[i].changes[j]`` (where a problem is reported: built only when there is one)."""
+    """Parse ``entry[i].changes[j]`` (``where``: how a problem report names it)."""
+    where = f"entry[{i}].changes[{j}]"
     if not isinstance(change, JSON_OBJECT):
         raise _Skip("not an object")
     field = change.get("field")
     if field not in ("messages", "user_preferences"):
-        out.problem(f"entry[{i}].changes[{j}]", f"field {_short(field)} ignored")
+        out.problem(where, f"field {_short(field)} ignored")
         return
     value = change.get("value")
     if not isinstance(value, JSON_OBJECT):
@@ -167,15 +168,15 @@ def _change(out: _Collector, i: int, j: int, change: object) -> None:
         if items is None:
             continue
         if not isinstance(items, list):
-            out.problem(f"entry[{i}].changes[{j}].value.{key}", "not an array")
+            out.problem(f"{where}.value.{key}", "not an array")
             continue
         for k, item in enumerate(items):
             try:
                 handler(out, pnid, contacts, item)
             except _Skip as exc:
-                out.problem(f"entry[{i}].changes[{j}].value.{key}[{k}]", str(exc))
+                out.problem(f"{where}.value.{key}[{k}]", str(exc))
             except RecursionError:
-                out.problem(f"entry[{i}].changes[{j}].value.{key}[{k}]", "nested too deeply")
+                out.problem(f"{where}.value.{key}[{k}]", "nested too deeply")
 
 
 # --- contacts ------------------------------------------------------------------------------------
