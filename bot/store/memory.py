@@ -152,24 +152,15 @@ def _lend_inbox(entry: InboxEntry) -> InboxEntry:
 
 def _own_conversation(c: Conversation) -> Conversation:
     """The copy the store keeps (every datetime truncated, its dicts copied)."""
-    consent = {
-        p: s if (since := millis(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()
-    }
-    created, updated, window = millis(c.created_at), millis(c.updated_at), millis_opt(c.window_opened_at)
-    if (
-        created is c.created_at
-        and updated is c.updated_at
-        and window is c.window_opened_at
-        and all(millis(t.due) is t.due for t in c.timers)
-    ):  # the common case: every time came from the millisecond clock
-        return evolve(c, slots=stored(c.slots), consent=consent)
     return evolve(
         c,
-        created_at=created,
-        updated_at=updated,
-        window_opened_at=window,
+        created_at=millis(c.created_at),
+        updated_at=millis(c.updated_at),
+        window_opened_at=millis_opt(c.window_opened_at),
         slots=stored(c.slots),
-        consent=consent,
+        consent={
+            p: s if (since := millis(s.since)) is s.since else evolve(s, since=since) for p, s in c.consent.items()
+        },
         timers=tuple(t if (due := millis(t.due)) is t.due else Timer(t.name, due) for t in c.timers),
     )
 
