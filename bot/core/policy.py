@@ -149,6 +149,11 @@ def under_current_notice(status: PurposeStatus, project: Project) -> bool:
     return bool(given) and given == notice_major(project.notice_version)
 
 
+def granted_under_earlier_notice(status: PurposeStatus, project: Project) -> bool:
+    """GRANTED, but under an earlier (or unrecorded) major notice version: it needs a new confirmation."""
+    return status.state is PurposeState.GRANTED and not under_current_notice(status, project)
+
+
 def consent_problem(status: PurposeStatus | None, project: Project, now: datetime) -> tuple[Reason, str] | None:
     """Why consent recorded as ``status`` does not allow marketing at ``now`` (``None``: it does).
 

@@ -15,7 +15,7 @@ from typing import Any
 from bot.core.consent import Actor, ConsentAction, ConsentEventDraft
 from bot.core.conversation import PurposeState, PurposeStatus
 from bot.core.messages import Inbound
-from bot.core.policy import under_current_notice
+from bot.core.policy import granted_under_earlier_notice, under_current_notice
 from bot.core.project import Project
 
 _STATE_OF: dict[ConsentAction, PurposeState] = {
@@ -111,7 +111,8 @@ class Turn:
     def outdated(self) -> list[str]:
         """Purposes granted under an earlier major notice version (they need a new confirmation)."""
         return [
-            p for p in self.with_state(PurposeState.GRANTED) if not self.granted_under_current_notice(p)
+            p for p in self.purposes
+            if (status := self.consent.get(p)) is not None and granted_under_earlier_notice(status, self.project)
         ]
 
     def chosen(self) -> list[str]:

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from bot.core.conversation import Cause, Conversation, PurposeState, Step, Timer
 from bot.core.machine import CONSENT_REFRESH
-from bot.core.policy import under_current_notice
+from bot.core.policy import granted_under_earlier_notice
 from bot.core.project import Project
 from bot.errors import StaleVersion
 from bot.runtime.catalog import Catalog
@@ -54,9 +54,7 @@ class ReconsentReport:
 
 def outdated(conversation: Conversation, project: Project) -> bool:
     """True when a purpose is granted under an earlier major notice version than the project's."""
-    return any(
-        s.state is PurposeState.GRANTED and not under_current_notice(s, project) for s in conversation.consent.values()
-    )
+    return any(granted_under_earlier_notice(s, project) for s in conversation.consent.values())
 
 
 def refresh_timer(conversation: Conversation, catalog: Catalog) -> str | None:
