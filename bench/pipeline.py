@@ -93,6 +93,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def resident_bytes(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) bytes of a process (Linux /proc: VmRSS, VmHWM)."""
+    sizes = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                sizes[name] = int(value.split()[0]) * 1024
+    return sizes["VmRSS"], sizes["VmHWM"]
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -320,6 +331,10 @@ class Phase:
     cpu_db: float = 0.0
     cpu_driver: float = 0.0
     seconds: float = 0.0
+    rss_start: int = 0  # the server's resident bytes when the window opened
+    rss_end: int = 0  # ... when it closed
+    rss_peak: int = 0  # the server's peak resident bytes since it started
+    started_in_window: int = 0  # inbound messages posted between the window's start and end
 
     @property
     def rate(self) -> float:
@@ -388,11 +403,16 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, graph: FakeGraph
             if pid:
                 marks[label] = cpu_seconds(pid)
         marks["driver"] = cpu_seconds(os.getpid())
+        server, db = pids
+        sent = phase.sent
+        if server:
+            phase.rss_start = resident_bytes(server)[0]
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         phase.cpu_driver = cpu_seconds(os.getpid()) - marks["driver"]
-        server, db = pids
+        phase.started_in_window = phase.sent - sent
         if server:
             phase.cpu_server = cpu_seconds(server) - marks["server"]
+            phase.rss_end, phase.rss_peak = resident_bytes(server)
         if db:
             phase.cpu_db = cpu_seconds(db) - marks["db"]
 
@@ -644,6 +664,15 @@ def keep_logs(workdir: Path, into: Path) -> None:
         (into / log.name).write_bytes(log.read_bytes())
 
 
+def memory_line(ph: Phase) -> str:
+    """The server's resident memory over the window, and its growth per message posted in it."""
+    mib = 1024 * 1024
+    growth = (ph.rss_end - ph.rss_start) / max(ph.started_in_window, 1)
+    return (f"resident {ph.rss_start / mib:.1f} MiB when the window opened, {ph.rss_end / mib:.1f} MiB when it "
+            f"closed (peak {ph.rss_peak / mib:.1f} MiB); {growth / 1024:+.2f} KiB per message posted in the window "
+            f"({ph.started_in_window})")
+
+
 def server_pid(server: Any) -> int | None:
     proc = getattr(server, "_proc", None) or getattr(server, "process", None) or getattr(server, "_process", None)
     return getattr(proc, "pid", None)
@@ -682,6 +711,7 @@ def print_report(args: argparse.Namespace, results: dict[str, dict[str, Any]],
                      f"outbound states {t['out_states']}")
         print(line)
         print(f"  this process (load generator + fake Graph API): {100 * ph.cpu_driver / ph.seconds:.0f} % of a core")
+        print(f"  server memory: {memory_line(ph)}")
         if ph.cpu_db:
             print(f"  database server CPU: {1000 * ph.cpu_db / max(ph.counted, 1):.2f} ms/msg "
                   f"({100 * ph.cpu_db / ph.seconds:.0f} % of a core)")
