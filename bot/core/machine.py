@@ -48,15 +48,23 @@ def duration(after: str, project: Project) -> timedelta:
         return timedelta(hours=project.confirm_expiry_hours) / 2
     if after == "decline_cooloff":
         return timedelta(days=project.decline_cooloff_days)
-    known = _DURATIONS.get(after)
+    known = literal_duration(after)
+    if known is None:
+        raise FlowError(f"unknown duration `{after}`")
+    return known
+
+
+def literal_duration(text: str) -> timedelta | None:
+    """``45s``/``30m``/``12h``/``2d`` as a timedelta, or None when ``text`` is not one."""
+    known = _DURATIONS.get(text)
     if known is not None:
         return known
-    m = _DURATION.fullmatch(after)
+    m = _DURATION.fullmatch(text)
     if m is None:
-        raise FlowError(f"unknown duration `{after}`")
+        return None
     if len(_DURATIONS) >= 256:
         _DURATIONS.clear()
-    known = _DURATIONS[after] = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    known = _DURATIONS[text] = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
     return known
 
 
@@ -234,5 +242,6 @@ __all__ = [
     "builtin_transitions",
     "compile_flow",
     "duration",
+    "literal_duration",
     "version_key",
 ]

@@ -43,7 +43,7 @@ import yaml
 from bot.core.conversation import Conversation, PurposeState
 from bot.core.engine import Decision, MetaSignal, TimerFired, decide
 from bot.core.flowspec import load_yaml, node_lines
-from bot.core.machine import FlowFamily
+from bot.core.machine import FlowFamily, literal_duration
 from bot.core.messages import Inbound, InboundKind
 from bot.core.policy import consent_problem
 from bot.core.project import Project
@@ -136,10 +136,12 @@ class _Run:
 
 
 def parse_duration(text: str) -> timedelta:
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", str(text))
-    if m is None:
+    """An ``advance:`` step's duration: a flow timer's literal (``30s``, ``10m``, ``25h``, ``31d``),
+    spaces allowed."""
+    known = literal_duration("".join(str(text).split()))
+    if known is None:
         raise ValueError(f"bad duration {text!r} (use 30s, 10m, 25h, 31d)")
-    return timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    return known
 
 
 def _check(step: Mapping[str, Any], decisions: list[Decision], run: _Run) -> list[str]:

@@ -64,3 +64,14 @@ def test_marketing_expectation_reads_the_gate_and_notice_version_changes_the_pro
     assert "marketing for 'offers' is consent_stale (consent given under notice 1.0; the current notice is 3.0)" in (
         failed.failures[0]
     )
+
+
+def test_advance_takes_a_flow_timer_literal_and_names_a_bad_one() -> None:
+    steps = "scenarios:\n  - name: wait\n    locale: en\n    steps:\n      - send: hi\n      - advance: '%s'\n"
+    for good in ("25h", " 25 h ", "1d"):
+        (result,) = run_scenarios(steps % good, "w.yaml", CATALOG.flows, SAMPLE_PROJECT)
+        assert result.failures == (), good
+    for bad in ("2w", "h", "-3h", "1.5h"):
+        (result,) = run_scenarios(steps % bad, "w.yaml", CATALOG.flows, SAMPLE_PROJECT)
+        assert len(result.failures) == 1 and f"bad duration '{bad}' (use 30s, 10m, 25h, 31d)" in result.failures[0], (
+            bad, result.failures)
