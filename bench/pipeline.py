@@ -660,6 +660,7 @@ def print_rounds(rounds: list[dict[str, dict[str, float]]]) -> None:
 
 
 def keep_logs(workdir: Path, into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
     for log in workdir.glob("*.log"):
         (into / log.name).write_bytes(log.read_bytes())
 
