@@ -100,9 +100,11 @@ async def open_privacy(settings: Settings, store: Store, stack: AsyncExitStack) 
     database as ``store``, with the retention TTL indexes set to the configured values."""
     database = getattr(store, "database", None)
     if database is None:
+        from bot.store.memory import MemoryStore
         from bot.store.privacy_memory import MemoryPrivacyStore
 
-        memory = MemoryPrivacyStore()
+        # The memory store's step commits keep the notice texts flows show: read the same ones.
+        memory = MemoryPrivacyStore(store.notices if isinstance(store, MemoryStore) else None)
         await memory.open()
         return memory
     from bot.store.privacy_mongo import MongoPrivacyStore, apply_store_retention
@@ -226,7 +228,6 @@ async def build_services(
         metrics,
         owner,
         on_request=privacy.handle_request,
-        on_notices=privacy.register_notices,
         lease_seconds=lease,
         workers=settings.workers,
         store_slots=None if store_kind == "memory" else settings.store_slots,  # the memory store never waits

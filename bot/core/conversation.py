@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.core import frozen
 from bot.core.consent import ConsentEventDraft
 from bot.core.frozen import quick_init
 from bot.core.messages import Inbound, Outbound, json_copy
+
+if TYPE_CHECKING:  # rendering imports this module (through audience)
+    from bot.core.rendering import NoticeText
 
 
 def conversation_key(phone_number_id: str, subject: str) -> str:
@@ -171,7 +174,8 @@ class Step:
 
     ``conversation`` is the new head; its ``version`` equals ``seq`` and the previous head's version is
     ``seq - 1``. ``inbound`` and ``outbox`` are the transcript entries in and out; ``inbox_ids`` are the
-    inbox entries this step consumes (so a redelivered webhook never makes a second step).
+    inbox entries this step consumes (so a redelivered webhook never makes a second step); ``notices``
+    are notice texts its messages show, kept (immutably) with it so consent events can refer to them.
     """
 
     conversation: Conversation
@@ -185,6 +189,7 @@ class Step:
     consent: tuple[ConsentEventDraft, ...] = ()
     inbox_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    notices: tuple[NoticeText, ...] = ()
 
     @property
     def id(self) -> str:

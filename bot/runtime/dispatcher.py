@@ -17,10 +17,9 @@ import contextvars
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from bot import logs
 from bot.core.conversation import Cause, Conversation, Step, Timer
@@ -92,7 +91,6 @@ class Dispatcher:
         queue_size: int = 10_000,
         lease_seconds: float = 60.0,
         on_request: RequestHandler | None = None,
-        on_notices: Callable[[Sequence[Any]], Awaitable[object]] | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
@@ -102,7 +100,6 @@ class Dispatcher:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.on_request = on_request
-        self.on_notices = on_notices
         self.clock = clock
         self._queue: asyncio.Queue[str | TimerWork] = asyncio.Queue(queue_size)
         self._queued: set[str | TimerWork] = set()
@@ -305,6 +302,10 @@ class Dispatcher:
         if inbox_ids and consumed[-len(inbox_ids):] != inbox_ids:  # the engine records an inbound's own id
             consumed = (*tuple(i for i in consumed if i not in inbox_ids), *inbox_ids)[-64:]
         head = turn.conversation.evolve(version=seq, updated_at=now, consumed=consumed)
+        # The notice texts its messages show (consent events will hash them), committed with the step;
+        # each distinct text with the first step of this process that shows it (the store's write is
+        # idempotent, and notices are immutable).
+        fresh = tuple(n for n in turn.notices if _notice_key(n) not in self._notices_stored) if turn.notices else ()
         step = Step(
             conversation=head,
             seq=seq,
@@ -316,15 +317,10 @@ class Dispatcher:
             outbox=turn.outbox,
             consent=turn.consent,
             inbox_ids=inbox_ids,
+            notices=fresh,
         )
-        if turn.notices and self.on_notices is not None:
-            # The texts the consent events hash, stored first; each distinct text once per process
-            # (notices are immutable, the store's put is idempotent).
-            fresh = [n for n in turn.notices if _notice_key(n) not in self._notices_stored]
-            if fresh:
-                await self.on_notices(fresh)
-                self._notices_stored.update(_notice_key(n) for n in fresh)
         ids = await self.store.steps.commit(step, self.owner, self.lease_seconds, release=release)
+        self._notices_stored.update(_notice_key(n) for n in fresh)
         self.metrics.steps.inc(cause=cause.value)
         for entry_id, message in zip(ids, turn.outbox, strict=True):
             await self.sender.send(entry_id, message, head, store_slot=_TURN_SLOT.get())

@@ -254,10 +254,6 @@ class PrivacyService:
         """Blocked proof of an erased subject; raises ``AccessDenied`` without the privacy role."""
         return await self.privacy.blocked.read(subject, principal)
 
-    async def register_notices(self, notices: Sequence[Any]) -> int:
-        """Keep immutable copies of notice texts (``Decision.notices``); returns how many were new."""
-        return sum([await self.privacy.notices.put(n) for n in notices])
-
     # --- erasure ---------------------------------------------------------------------------------
     async def _lease(self, key: str) -> Conversation | None:
         lease = await self.store.conversations.acquire_waiting(key, self.owner, self.clock, LEASE_SECONDS, LEASE_TRIES)

@@ -257,6 +257,10 @@ class StepLog(ABC):
           to ``owner`` for ``lease_seconds`` from ``step.at`` (so the committer sends them at once with
           no claim round trip, and a recovery worker takes them over only if the committer dies);
         - consent events are chained per subject (``bot.core.consent.chain``) and appended;
+        - ``step.notices`` are stored where the privacy store's ``Notices`` reads them, insert-only and
+          idempotent by (version, locale, sha256) like ``Notices.put``; a notice whose ``sha256`` is
+          not the hash of its text raises :class:`bot.store.privacy.InvalidRecord` before anything is
+          written;
         - ``step.inbox_ids`` are marked done. This part may lag (be batched) because the head's
           ``consumed`` list already records them; ``Inbox.pending`` may briefly still return them, so
           a dispatcher skips pending entries whose id is in ``conversation.consumed``.

@@ -43,6 +43,7 @@ from bot.store.base import (
     stored,
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
+from bot.store.privacy_memory import MemoryNotices
 
 __all__ = ["MemoryStore", "millis", "millis_opt", "stored"]
 
@@ -121,6 +122,7 @@ class _Data:
     timers_due: dict[tuple[str, str], datetime] = field(default_factory=dict)  # came due, not yet fired
     wamids: dict[str, str] = field(default_factory=dict)
     consent: dict[str, list[ConsentRecord]] = field(default_factory=dict)
+    notices: MemoryNotices = field(default_factory=MemoryNotices)  # shared with MemoryPrivacyStore
     counter: Iterator[int] = field(default_factory=itertools.count)
 
 
@@ -438,6 +440,8 @@ class MemoryStepLog(StepLog):
             raise StaleVersion(f"conversation {conv.key!r}: lease not held by {owner!r}")
         if stored_version != step.seq - 1:
             raise StaleVersion(f"conversation {conv.key!r} is at version {stored_version}, not {step.seq - 1}")
+        for notice in step.notices:  # a broken notice refuses the step before any change
+            MemoryNotices.check(notice)
         previous, head.conversation = head.conversation, _own_conversation(conv)
         _index_timers(self._d, previous, head.conversation)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))
@@ -459,6 +463,8 @@ class MemoryStepLog(StepLog):
                 self._d.outbound_by_subject.setdefault(entry.subject, []).append(row)
             self._d.transcript[entry.id] = row
             self._d.by_key.setdefault(entry.key, []).append(row)
+        for notice in step.notices:
+            self._d.notices.add(notice)
         _chain(self._d, step.consent)
         for entry_id in step.inbox_ids:
             row_in = self._d.inbox.get(entry_id)
@@ -614,6 +620,7 @@ class MemoryStore(Store):
         self.steps = MemoryStepLog(self._data)
         self.transcript = MemoryTranscript(self._data)
         self.ledger = MemoryLedger(self._data)
+        self.notices = self._data.notices  # the notice texts step commits store (MemoryPrivacyStore reads them)
 
     async def open(self) -> None:
         return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import uuid
@@ -62,6 +63,8 @@ from bot.core.messages import (
     PreferenceUpdate,
     StatusUpdate,
 )
+from bot.core.proof import notice_intact, notice_to_doc
+from bot.core.rendering import NoticeText
 from bot.errors import ConfigError, NotFound, StaleVersion, StoreError, StoreUnavailable
 from bot.store import indexes as ix
 from bot.store.base import (
@@ -83,6 +86,7 @@ from bot.store.base import (
     millis,
     stored,
 )
+from bot.store.privacy import InvalidRecord
 
 Doc = dict[str, Any]
 Write = tuple[str, Callable[..., Any], tuple[Doc, ...]]
@@ -128,6 +132,17 @@ async def _to_list(cursor: Any) -> list[Doc]:
 
 
 # --- document forms ------------------------------------------------------------------------------
+def notice_doc(notice: NoticeText) -> Doc:
+    """A notice's stored form, ``_id = "<sha256>:<locale>:<version>"``; one whose ``sha256`` is not
+    the hash of its text raises :class:`bot.store.privacy.InvalidRecord`."""
+    if not notice_intact(notice):
+        raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
+    return {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice_to_doc(notice)}
+
+
+_UPSERT = functools.partial(UpdateOne, upsert=True)
+
+
 def _head_doc(conversation: Conversation) -> Doc:
     doc = conversation.to_doc()
     doc["_terms"] = ix.search_terms(conversation)
@@ -456,8 +471,9 @@ class MongoStepLog(StepLog):
 
         Two round trips: one ordered client-level ``bulkWrite`` inside the transaction — the head
         update guarded by ``version == seq - 1`` and ``lease.owner == owner`` (which also releases
-        or extends the lease), the history record, the transcript entries, the consent records and
-        the inbox entries marked done — then ``commitTransaction``. When the guard matches nothing
+        or extends the lease), the history record, the transcript entries, the inbox entries marked
+        done, the notice texts (an upsert that only inserts) and the consent records — then
+        ``commitTransaction``. When the guard matches nothing
         the transaction is aborted and :class:`StaleVersion` raised; a write conflict with another
         transaction is retried a few times (the retry then meets the guard if the head moved).
         Consent events (rare) add one chain-head read per subject inside the transaction.
@@ -471,6 +487,7 @@ class MongoStepLog(StepLog):
         conv = step.conversation
         if conv.version != step.seq:
             raise ValueError(f"step.conversation.version: {conv.version} is not step.seq {step.seq}")
+        notices = [notice_doc(n) for n in step.notices]  # a broken notice refuses the step before any write
         until = step.at + timedelta(seconds=lease_seconds)
         entries = self.entries(step)
         docs = [{"_id": e.id, **_entry_doc(e, pos)} for pos, e in enumerate(entries)]
@@ -490,6 +507,7 @@ class MongoStepLog(StepLog):
         if step.inbox_ids:
             done = {"$set": {"done": True, "done_at": step.at}}
             writes.append((ix.INBOX, UpdateMany, ({"_id": {"$in": list(step.inbox_ids)}, "done": False}, done)))
+        writes += [(ix.NOTICES, _UPSERT, ({"_id": d.pop("_id")}, {"$setOnInsert": d})) for d in notices]
         consent = [(f"{step.id}/consent/{i}", d) for i, d in enumerate(step.consent)]
         with translated("steps.commit"):
             for attempt in range(TRANSACTION_ATTEMPTS):

@@ -38,14 +38,23 @@ class MemoryNotices(Notices):
     def __init__(self) -> None:
         self._by_id: dict[tuple[str, str, str], NoticeText] = {}
 
-    async def put(self, notice: NoticeText) -> bool:
+    @staticmethod
+    def check(notice: NoticeText) -> None:
+        """Raise :class:`InvalidRecord` when ``notice.sha256`` is not the hash of its text."""
         if not notice_intact(notice):
             raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
+
+    def add(self, notice: NoticeText) -> bool:
+        """:meth:`put` without the await (the memory store's step commit calls it)."""
+        self.check(notice)
         key = (notice.version, notice.locale, notice.sha256)
         if key in self._by_id:
             return False
         self._by_id[key] = notice
         return True
+
+    async def put(self, notice: NoticeText) -> bool:
+        return self.add(notice)
 
     async def get(self, sha256: str) -> NoticeText | None:
         return next((n for n in self._by_id.values() if n.sha256 == sha256), None)
@@ -164,8 +173,10 @@ class MemoryRestrictions(Restrictions):
 class MemoryPrivacyStore(PrivacyStore):
     blocked: MemoryBlockedProof
 
-    def __init__(self) -> None:
-        self.notices = MemoryNotices()
+    def __init__(self, notices: MemoryNotices | None = None) -> None:
+        """``notices``: the memory store's own (``MemoryStore.notices``), where its step commits put
+        the texts flows show; a new, empty one when None."""
+        self.notices = notices if notices is not None else MemoryNotices()
         self.suppression = MemorySuppression()
         self.blocked = MemoryBlockedProof()
         self.requests = MemoryDataRequests()

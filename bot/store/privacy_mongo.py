@@ -5,7 +5,8 @@ creates its indexes idempotently in :meth:`MongoPrivacyStore.open`. Collections:
 
 ========================  =====================================================================
 ``notices``               ``_id = "<sha256>:<locale>:<version>"``; index on ``sha256`` and
-                          (``version``, ``locale``). Insert-only.
+                          (``version``, ``locale``). Insert-only; step commits write the texts
+                          the flows show (``Step.notices``), ``put`` any other.
 ``suppression``           ``_id`` = the HMAC key; ``scope``, ``since``. Nothing else.
 ``blocked_proof``         ``subject``, ``records``, ``notice_refs``, ``blocked_at``, ``destroy_at``
                           (TTL index, ``expireAfterSeconds=0``: destroyed at ``destroy_at``).
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -37,11 +38,11 @@ from pymongo.errors import (
 
 from bot.core.consent import ConsentRecord
 from bot.core.project import Retention
-from bot.core.proof import notice_from_doc, notice_intact, notice_to_doc
+from bot.core.proof import notice_from_doc
 from bot.core.rendering import NoticeText
 from bot.errors import NotFound
 from bot.store import indexes as ix
-from bot.store.mongo import translated
+from bot.store.mongo import notice_doc, translated
 from bot.store.privacy import (
     AccessDenied,
     BlockedProof,
@@ -171,9 +172,7 @@ class MongoNotices(Notices):
         self.coll = coll
 
     async def put(self, notice: NoticeText) -> bool:
-        if not notice_intact(notice):
-            raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
-        doc = {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice_to_doc(notice)}
+        doc = notice_doc(notice)
         with translated("notices.put"):
             try:
                 await self.coll.insert_one(doc)
@@ -375,7 +374,7 @@ class MongoPrivacyStore(PrivacyStore):
 
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.db = db
-        self.notices = MongoNotices(db["notices"])
+        self.notices = MongoNotices(db[ix.NOTICES])
         self.suppression = MongoSuppression(db["suppression"])
         self.blocked = MongoBlockedProof(db["blocked_proof"])
         self.requests = MongoDataRequests(db["data_requests"])
@@ -383,9 +382,8 @@ class MongoPrivacyStore(PrivacyStore):
 
     async def open(self) -> None:
         with translated("privacy.open"):
-            await self.db["notices"].create_index([("sha256", ASCENDING)], name="sha256")
-            await self.db["notices"].create_index(
-                [("version", ASCENDING), ("locale", ASCENDING)], name="version_locale"
+            await self.db[ix.NOTICES].create_indexes(
+                [IndexModel(keys, name=name, **options) for name, keys, options in ix.INDEXES[ix.NOTICES]]
             )
             await self.db["blocked_proof"].create_index([("subject", ASCENDING), ("blocked_at", ASCENDING)],
                                                          name="subject_blocked_at")

@@ -51,7 +51,7 @@ def draft(subject: str, action: ConsentAction, minutes: int, message_id: str) ->
 
 async def populate(service: PrivacyService) -> None:
     """Two subscribed customers; the first also has a conversation with one message."""
-    await service.register_notices([NOTICE])
+    await service.privacy.notices.put(NOTICE)
     for subject in (SUBJECT, "34600000002"):
         await service.store.ledger.append([
             draft(subject, ConsentAction.REQUESTED, 0, f"wamid.{subject}.1"),

@@ -130,6 +130,12 @@ async def test_double_opt_in_then_meta_stop_records_withdrawal(service: Running)
     assert {r.event.purpose for r in confirmed} == {"offers", "news"}
     assert all(r.event.evidence and r.event.evidence.get("message_id", "").startswith("wamid.") for r in confirmed)
     assert all(r.event.notice_sha256 for r in confirmed)
+    # The texts the events hash were stored with the steps that showed them, where receipts read them.
+    notices = service.services.components["privacy_store"].notices
+    hashes = {r.event.notice_sha256 for r in chain}
+    stored = await notices.many(sorted(hashes))
+    assert {n.sha256 for n in stored} == hashes and all(n.locale == "es" for n in stored)
+    assert any("Café Aurora SL" in n.text and n.kind == "first_layer" for n in stored)
 
     status = await post_webhook(service.base, preferences_payload(NUMBER, "stop"), service.settings.app_secret.reveal())
     assert status == 200

@@ -97,7 +97,7 @@ def inbound(wamid: str, at: datetime, text: str = "", payload: str = "") -> Inbo
 async def subscribe(service: PrivacyService) -> Conversation:
     """A customer who subscribed with double opt-in: two steps, messages both ways, three consent events."""
     store = service.store
-    await service.register_notices([NOTICE])
+    await service.privacy.notices.put(NOTICE)
     conv = Conversation.start(PNID, SUBJECT, "doi", "1", "asked", "es", T0, wa_id=SUBJECT, profile_name="Ana")
     ask = Outbound(SUBJECT, OutboundKind.BUTTONS, body=NOTICE.text, category=Category.UTILITY)
     conv = await commit(store, conv.evolve(window_opened_at=T0), 1, T0,
