@@ -10,6 +10,7 @@ import socket
 import uuid
 import warnings
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from bot.core.consent import ConsentAction
+from bot.core.rendering import NoticeText
 from bot.errors import ConfigError, StaleVersion, StoreUnavailable
 from bot.store.base import ConversationQuery, OutState, SendOutcome
 from bot.store.embedded import EmbeddedServer
@@ -63,10 +65,11 @@ async def test_hot_path_takes_six_round_trips_and_commit_two(watched: tuple[Mong
     assert lease.acquired
     assert [e.id for e in await store.inbox.pending(conv.key)] == ["wamid.in1"]
     before = len(commands.events)
-    [out_id] = await store.steps.commit(
-        step(conv.evolve(consumed=("wamid.in1",)), ins=(inbound("wamid.in1"),), outs=(outbound("hola"),),
-             inbox_ids=("wamid.in1",)), "w1", LEASE, release=True)
-    assert commands.names()[before:] == ["bulkWrite", "commitTransaction"]
+    notice = NoticeText.of("1.0", "es", "hola: first layer", "first_layer", "first_layer")  # a first contact's
+    first = step(conv.evolve(consumed=("wamid.in1",)), ins=(inbound("wamid.in1"),), outs=(outbound(notice.text),),
+                 inbox_ids=("wamid.in1",))
+    [out_id] = await store.steps.commit(replace(first, notices=(notice,)), "w1", LEASE, release=True)
+    assert commands.names()[before:] == ["bulkWrite", "commitTransaction"]  # the notice text rides along
     assert await store.transcript.settle(out_id, "w1", SendOutcome(OutState.ACCEPTED, wamid="wamid.o1"), at(2))
     assert commands.names() == ["insert", "findAndModify", "find", "bulkWrite", "commitTransaction", "update"]
 
