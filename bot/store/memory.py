@@ -43,6 +43,7 @@ from bot.store.base import (
     stored,
 )
 from bot.store.indexes import purpose_term, purpose_terms, search_terms, subject_ids
+from bot.store.privacy import require_intact
 from bot.store.privacy_memory import MemoryNotices
 
 __all__ = ["MemoryStore", "millis", "millis_opt", "stored"]
@@ -441,7 +442,7 @@ class MemoryStepLog(StepLog):
         if stored_version != step.seq - 1:
             raise StaleVersion(f"conversation {conv.key!r} is at version {stored_version}, not {step.seq - 1}")
         for notice in step.notices:  # a broken notice refuses the step before any change
-            MemoryNotices.check(notice)
+            require_intact(notice)
         previous, head.conversation = head.conversation, _own_conversation(conv)
         _index_timers(self._d, previous, head.conversation)
         lease_until = millis(step.at + timedelta(seconds=lease_seconds))

@@ -63,7 +63,7 @@ from bot.core.messages import (
     PreferenceUpdate,
     StatusUpdate,
 )
-from bot.core.proof import notice_intact, notice_to_doc
+from bot.core.proof import notice_to_doc
 from bot.core.rendering import NoticeText
 from bot.errors import ConfigError, NotFound, StaleVersion, StoreError, StoreUnavailable
 from bot.store import indexes as ix
@@ -86,7 +86,7 @@ from bot.store.base import (
     millis,
     stored,
 )
-from bot.store.privacy import InvalidRecord
+from bot.store.privacy import require_intact
 
 Doc = dict[str, Any]
 Write = tuple[str, Callable[..., Any], tuple[Doc, ...]]
@@ -135,8 +135,7 @@ async def _to_list(cursor: Any) -> list[Doc]:
 def notice_doc(notice: NoticeText) -> Doc:
     """A notice's stored form, ``_id = "<sha256>:<locale>:<version>"``; one whose ``sha256`` is not
     the hash of its text raises :class:`bot.store.privacy.InvalidRecord`."""
-    if not notice_intact(notice):
-        raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
+    require_intact(notice)
     return {"_id": f"{notice.sha256}:{notice.locale}:{notice.version}", **notice_to_doc(notice)}
 
 

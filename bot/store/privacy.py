@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.core.consent import ConsentRecord
+from bot.core.proof import notice_intact
 from bot.core.rendering import NoticeText
 from bot.errors import BotError, StoreError
 
@@ -31,6 +32,13 @@ class AccessDenied(BotError):
 
 class InvalidRecord(StoreError):
     """A value was refused at write time (e.g. a notice whose sha256 is not the hash of its text)."""
+
+
+def require_intact(notice: NoticeText) -> None:
+    """Raise :class:`InvalidRecord` when ``notice.sha256`` is not the hash of its text: every adapter
+    checks a notice with this before it stores anything (``Notices.put``, a step's ``notices``)."""
+    if not notice_intact(notice):
+        raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
 
 
 class Role(StrEnum):

@@ -11,7 +11,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from bot.core.proof import notice_intact
 from bot.core.rendering import NoticeText
 from bot.errors import NotFound
 from bot.store.privacy import (
@@ -20,7 +19,6 @@ from bot.store.privacy import (
     BlockedProofEntry,
     DataRequest,
     DataRequests,
-    InvalidRecord,
     Notices,
     Principal,
     PrivacyStore,
@@ -30,6 +28,7 @@ from bot.store.privacy import (
     Suppression,
     SuppressionEntry,
     ms,
+    require_intact,
     wider_scope,
 )
 
@@ -38,15 +37,9 @@ class MemoryNotices(Notices):
     def __init__(self) -> None:
         self._by_id: dict[tuple[str, str, str], NoticeText] = {}
 
-    @staticmethod
-    def check(notice: NoticeText) -> None:
-        """Raise :class:`InvalidRecord` when ``notice.sha256`` is not the hash of its text."""
-        if not notice_intact(notice):
-            raise InvalidRecord(f"notice {notice.version}/{notice.locale}: sha256 is not the hash of its text")
-
     def add(self, notice: NoticeText) -> bool:
         """:meth:`put` without the await (the memory store's step commit calls it)."""
-        self.check(notice)
+        require_intact(notice)
         key = (notice.version, notice.locale, notice.sha256)
         if key in self._by_id:
             return False
