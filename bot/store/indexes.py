@@ -17,7 +17,7 @@ STEPS = "steps"
 TRANSCRIPT = "transcript"
 INBOX = "inbox"
 CONSENT = "consent_events"
-NOTICES = "notices"
+NOTICES = "notices"  # step commits insert into it by _id; its read indexes are the privacy store's
 
 Key = list[tuple[str, int]]
 
@@ -51,10 +51,6 @@ INDEXES: dict[str, list[tuple[str, Key, dict[str, Any]]]] = {
     ],
     CONSENT: [
         ("subject_seq", [("subject", 1), ("seq", 1)], {"unique": True}),
-    ],
-    NOTICES: [  # written by step commits, read by the privacy store
-        ("sha256", [("sha256", 1)], {}),
-        ("version_locale", [("version", 1), ("locale", 1)], {}),
     ],
 }
 

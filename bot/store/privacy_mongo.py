@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -382,9 +382,9 @@ class MongoPrivacyStore(PrivacyStore):
 
     async def open(self) -> None:
         with translated("privacy.open"):
-            await self.db[ix.NOTICES].create_indexes(
-                [IndexModel(keys, name=name, **options) for name, keys, options in ix.INDEXES[ix.NOTICES]]
-            )
+            await self.db[ix.NOTICES].create_index([("sha256", ASCENDING)], name="sha256")
+            await self.db[ix.NOTICES].create_index([("version", ASCENDING), ("locale", ASCENDING)],
+                                                   name="version_locale")
             await self.db["blocked_proof"].create_index([("subject", ASCENDING), ("blocked_at", ASCENDING)],
                                                          name="subject_blocked_at")
             await self.db["data_requests"].create_index([("status", ASCENDING), ("due_at", ASCENDING)],
